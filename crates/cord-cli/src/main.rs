@@ -1,0 +1,228 @@
+//! `cord`: multi-teacher inference engine command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest};
+use cord_runtime::sampling::SamplingParams;
+
+#[derive(Parser)]
+#[command(
+    name = "cord",
+    version,
+    about = "Collaborative step-wise multi-teacher decoding engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text with one model.
+    Generate(GenerateArgs),
+    /// Teacher-forced log-probs of a continuation after a context.
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model: a local directory (config.json + safetensors), a .gguf file, or an HF hub id
+    /// (`org/name`, `org/name:file.gguf`, `...@revision`; cache first, HF_HUB_OFFLINE honoured).
+    #[arg(long)]
+    model: String,
+    /// Device: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype for unquantized weights: f32, f16, bf16 (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Dequantize GGUF weights at load time.
+    #[arg(long)]
+    dequantize: bool,
+    /// KV cache memory for the model, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    kv_mib: u64,
+}
+
+impl ModelArgs {
+    fn options(&self) -> Result<ModelOptions> {
+        Ok(ModelOptions {
+            device: DeviceSpec::parse(&self.device)?,
+            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            dequantize: self.dequantize,
+            kv_memory: self.kv_mib << 20,
+            ..ModelOptions::default()
+        })
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" | "half" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        other => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
+    })
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Raw prompt text (no chat template).
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    prompt: Option<String>,
+    /// A user message, rendered with the model's chat template.
+    #[arg(long)]
+    chat: Option<String>,
+    /// System prompt (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    /// Text the assistant turn starts with (with --chat).
+    #[arg(long, default_value = "")]
+    prefill: String,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop string (repeatable); matched on decoded text.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep the matched stop string in the output.
+    #[arg(long)]
+    keep_stop: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    context: String,
+    #[arg(long)]
+    continuation: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let res = match cli.cmd {
+        Cmd::Generate(a) => generate(a),
+        Cmd::Score(a) => score(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<ExitCode> {
+    let mut engine = Engine::new();
+    let id = engine.add_model(&a.model.model, &a.model.options()?)?;
+    let prompt = match (&a.prompt, &a.chat) {
+        (Some(p), _) => p.clone(),
+        (None, Some(user)) => engine
+            .model(id)?
+            .render(a.system.as_deref(), user, &a.prefill)?,
+        (None, None) => bail!("give --prompt or --chat"),
+    };
+    let req = GenRequest {
+        prompt,
+        params: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            min_p: a.min_p,
+        },
+        seed: a.seed,
+        max_new_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        keep_stop: a.keep_stop,
+    };
+    let mut stdout = std::io::stdout();
+    let json = a.json;
+    let outs = engine.generate_streaming(id, std::slice::from_ref(&req), &mut |_, text| {
+        if !json {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    let out = outs.into_iter().next().context("no output")?;
+    if json {
+        let v = serde_json::json!({
+            "text": out.text,
+            "tokens": out.token_ids,
+            "finish_reason": out.finish.as_str(),
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens,
+        });
+        println!("{v}");
+    } else {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(a: ScoreArgs) -> Result<ExitCode> {
+    let mut engine = Engine::new();
+    let id = engine.add_model(&a.model.model, &a.model.options()?)?;
+    let outs = engine.score(
+        id,
+        &[ScoreRequest {
+            context: a.context.clone(),
+            continuation: a.continuation.clone(),
+        }],
+    )?;
+    let o = outs.into_iter().next().context("no output")?;
+    let (sum, mean) = (o.sum(), o.mean());
+    let ppl = (-mean).exp();
+    if a.json {
+        let v = serde_json::json!({
+            "tokens": o.tokens,
+            "token_ids": o.token_ids,
+            "logprobs": o.logprobs,
+            "sum": sum,
+            "mean": mean,
+            "ppl": ppl,
+        });
+        println!("{v}");
+    } else {
+        for (t, lp) in o.tokens.iter().zip(&o.logprobs) {
+            println!("{lp:>10.4}  {t:?}");
+        }
+        println!(
+            "sum {sum:.4}  mean {mean:.4}  ppl {ppl:.4}  ({} tokens, {} context tokens reused)",
+            o.logprobs.len(),
+            o.reused_tokens
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

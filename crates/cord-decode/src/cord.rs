@@ -1,0 +1,596 @@
+//! CoRD: collaborative step-wise multi-teacher beam search (sections 6-7), as a state machine.
+//! Greedy decoding is the same search with width 1.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::{Backend, ProposeRequest};
+use crate::error::{Error, Result};
+use crate::io::{Problem, Record, StepRecord, TreeEntry};
+use crate::search::{
+    Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
+    answer_request, build_record, closed, expect_len, finish_step,
+};
+use crate::seed::{Purpose, request_seed};
+
+#[derive(Debug, Clone)]
+struct Beam {
+    id: u64,
+    reasoning: String,
+    steps: Vec<StepRecord>,
+    score: f64,
+    /// Header of the next step (cue-phrase unit).
+    pending: String,
+    forced: bool,
+    /// Proposer of the last step.
+    teacher: usize,
+}
+
+/// One (live beam, teacher) pair of the current step.
+#[derive(Debug, Clone)]
+struct Slot {
+    rank: usize,
+    teacher: usize,
+    header: String,
+    budget_limited: bool,
+    max_new: usize,
+    /// The think budget is already spent for this teacher: the parent is force-closed.
+    no_room: bool,
+    outcome: Option<StepOutcome>,
+    tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Cand {
+    id: u64,
+    rank: usize,
+    teacher: usize,
+    reasoning: String,
+    text: String,
+    tokens: usize,
+    done: bool,
+    forced: bool,
+    reason: &'static str,
+    pending: String,
+    also: Vec<usize>,
+    score: Option<ScoreDetail>,
+}
+
+#[derive(Debug)]
+enum State {
+    Expand,
+    Proposing {
+        slots: Vec<Slot>,
+        pending: Vec<usize>,
+        resample: bool,
+    },
+    Resample {
+        slots: Vec<Slot>,
+        pending: Vec<usize>,
+    },
+    Candidates {
+        slots: Vec<Slot>,
+    },
+    /// Force-close every live beam (max steps reached, or every candidate was dropped).
+    ForceAll {
+        reason: &'static str,
+    },
+    Scoring {
+        cands: Vec<Cand>,
+        groups: Vec<(usize, Vec<usize>)>,
+    },
+    Answer,
+    Answering,
+    Finished(Box<Record>),
+    Over,
+}
+
+/// Beam search over one problem.
+pub struct CordSearch {
+    s: Arc<Settings>,
+    p: Problem,
+    live: Vec<Beam>,
+    finished: Vec<Beam>,
+    t: usize,
+    next_id: u64,
+    state: State,
+    stats: StatsAcc,
+    tree: Vec<TreeEntry>,
+    started: Instant,
+    outcome: Option<Outcome>,
+}
+
+impl CordSearch {
+    pub fn new(s: Arc<Settings>, p: Problem) -> Self {
+        // B_0 is the prompt alone (O-7).
+        let root = Beam {
+            id: 0,
+            reasoning: String::new(),
+            steps: Vec::new(),
+            score: f64::NAN,
+            pending: String::new(),
+            forced: false,
+            teacher: 0,
+        };
+        CordSearch {
+            s,
+            p,
+            live: vec![root],
+            finished: Vec::new(),
+            t: 1,
+            next_id: 1,
+            state: State::Expand,
+            stats: StatsAcc::default(),
+            tree: Vec::new(),
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    fn propose_request(&self, slot: &Slot, purpose: Purpose) -> ProposeRequest {
+        let b = &self.live[slot.rank];
+        let prefix = format!("{}{}", b.reasoning, slot.header);
+        ProposeRequest {
+            teacher: slot.teacher,
+            question: self.p.question.clone(),
+            reasoning: prefix,
+            max_new_tokens: slot.max_new,
+            stop: self.s.step_stops(),
+            seed: request_seed(
+                &self.p.id,
+                purpose,
+                &[self.t as u64, b.id, slot.teacher as u64],
+                self.s.seed,
+            ),
+        }
+    }
+
+    fn expand(&mut self, backend: &mut dyn Backend) -> Result<Option<Need>> {
+        if self.live.is_empty() {
+            self.state = State::Answer;
+            return Ok(None);
+        }
+        let mut slots = Vec::new();
+        let mut reqs = Vec::new();
+        let mut pending = Vec::new();
+        for rank in 0..self.live.len() {
+            let header = self.s.header(self.t, &self.live[rank].pending);
+            let prefix = format!("{}{}", self.live[rank].reasoning, header);
+            for k in 0..self.s.num_teachers() {
+                let cap = self.s.step_caps[k];
+                let room = self.s.room(backend, k, &prefix, cap)?;
+                let mut slot = Slot {
+                    rank,
+                    teacher: k,
+                    header: header.clone(),
+                    budget_limited: room <= cap,
+                    max_new: cap.min(room),
+                    no_room: room == 0,
+                    outcome: None,
+                    tokens: 0,
+                };
+                if !slot.no_room {
+                    reqs.push(self.propose_request(&slot, Purpose::Propose));
+                    pending.push(slots.len());
+                } else {
+                    slot.outcome = Some(StepOutcome::Blank);
+                }
+                slots.push(slot);
+            }
+        }
+        if reqs.is_empty() {
+            self.state = State::Candidates { slots };
+            return Ok(None);
+        }
+        self.state = State::Proposing {
+            slots,
+            pending,
+            resample: false,
+        };
+        Ok(Some(Need::Propose(reqs)))
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Candidates of this step in (parent rank, teacher) order, duplicates merged (O-10).
+    fn candidates(&mut self, slots: Vec<Slot>) -> Vec<Cand> {
+        let mut cands: Vec<Cand> = Vec::new();
+        for slot in slots {
+            let parent = &self.live[slot.rank];
+            let (parent_id, parent_reasoning) = (parent.id, parent.reasoning.clone());
+            let id = self.new_id();
+            let cand = if slot.no_room {
+                Cand {
+                    id,
+                    rank: slot.rank,
+                    teacher: slot.teacher,
+                    reasoning: closed(&parent_reasoning),
+                    text: THINK_CLOSE.to_string(),
+                    tokens: 0,
+                    done: true,
+                    forced: true,
+                    reason: "budget",
+                    pending: String::new(),
+                    also: Vec::new(),
+                    score: None,
+                }
+            } else {
+                match slot.outcome {
+                    Some(StepOutcome::Step {
+                        body,
+                        done,
+                        forced,
+                        reason,
+                        next_header,
+                    }) => {
+                        let text = format!("{}{body}", slot.header);
+                        Cand {
+                            id,
+                            rank: slot.rank,
+                            teacher: slot.teacher,
+                            reasoning: format!("{parent_reasoning}{text}"),
+                            text,
+                            tokens: slot.tokens,
+                            done,
+                            forced,
+                            reason,
+                            pending: next_header,
+                            also: Vec::new(),
+                            score: None,
+                        }
+                    }
+                    _ => {
+                        self.tree_entry(
+                            self.t,
+                            id,
+                            Some(parent_id),
+                            Some(slot.rank),
+                            slot.teacher,
+                            &slot.header,
+                            None,
+                            false,
+                            false,
+                            Some("empty step dropped".into()),
+                            Vec::new(),
+                        );
+                        continue;
+                    }
+                }
+            };
+            if self.s.dedupe
+                && let Some(first) = cands
+                    .iter_mut()
+                    .find(|c| c.reasoning.trim_end() == cand.reasoning.trim_end())
+            {
+                if !first.also.contains(&cand.teacher) && first.teacher != cand.teacher {
+                    first.also.push(cand.teacher);
+                }
+                let note = format!("duplicate of {}", first.id);
+                self.tree_entry(
+                    self.t,
+                    cand.id,
+                    Some(parent_id),
+                    Some(cand.rank),
+                    cand.teacher,
+                    &cand.text,
+                    None,
+                    false,
+                    cand.done,
+                    Some(note),
+                    Vec::new(),
+                );
+                continue;
+            }
+            cands.push(cand);
+        }
+        cands
+    }
+
+    fn force_all(&mut self, reason: &'static str) -> Vec<Cand> {
+        let live = std::mem::take(&mut self.live);
+        let cands = live
+            .iter()
+            .enumerate()
+            .map(|(rank, b)| Cand {
+                id: self.next_id + rank as u64,
+                rank,
+                teacher: b.teacher,
+                reasoning: closed(&b.reasoning),
+                text: THINK_CLOSE.to_string(),
+                tokens: 0,
+                done: true,
+                forced: true,
+                reason,
+                pending: String::new(),
+                also: Vec::new(),
+                score: None,
+            })
+            .collect::<Vec<_>>();
+        self.next_id += cands.len() as u64;
+        self.live = live;
+        cands
+    }
+
+    fn score_need(&mut self, cands: Vec<Cand>) -> Need {
+        let mut groups = Vec::new();
+        let mut reqs = Vec::new();
+        for (i, c) in cands.iter().enumerate() {
+            let (js, rs) = self
+                .s
+                .score_requests(&self.p, &c.reasoning, Some(c.teacher));
+            groups.push((i, js));
+            reqs.extend(rs);
+        }
+        self.state = State::Scoring { cands, groups };
+        Need::Score(reqs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tree_entry(
+        &mut self,
+        step: usize,
+        id: u64,
+        parent: Option<u64>,
+        parent_rank: Option<usize>,
+        teacher: usize,
+        text: &str,
+        score: Option<f64>,
+        kept: bool,
+        finished: bool,
+        note: Option<String>,
+        scorers: Vec<crate::io::ScorerValue>,
+    ) {
+        if self.s.save_tree {
+            self.tree.push(TreeEntry {
+                step,
+                id,
+                parent,
+                parent_rank,
+                teacher: self.s.teacher_names[teacher].clone(),
+                text: text.to_string(),
+                score,
+                kept,
+                finished,
+                note,
+                scorers,
+            });
+        }
+    }
+
+    /// Keeps the top B − |finished| candidates (memoryless, O-8, O-12).
+    fn select(&mut self, mut cands: Vec<Cand>) {
+        cands.sort_by(|a, b| {
+            let (sa, sb) = (
+                a.score.as_ref().map_or(0.0, |s| s.score),
+                b.score.as_ref().map_or(0.0, |s| s.score),
+            );
+            sb.total_cmp(&sa)
+                .then(a.rank.cmp(&b.rank))
+                .then(a.teacher.cmp(&b.teacher))
+        });
+        let keep = self.s.width.saturating_sub(self.finished.len());
+        let n = cands.len();
+        let parents = std::mem::take(&mut self.live);
+        for (i, c) in cands.into_iter().enumerate() {
+            let detail = c.score.clone().unwrap_or(ScoreDetail {
+                score: 0.0,
+                mean_logprob: f64::NEG_INFINITY,
+                m: None,
+                per_scorer: Vec::new(),
+            });
+            let kept = i < keep;
+            let parent = &parents[c.rank];
+            self.tree_entry(
+                self.t,
+                c.id,
+                Some(parent.id),
+                Some(c.rank),
+                c.teacher,
+                &c.text,
+                Some(detail.score),
+                kept,
+                c.done,
+                None,
+                detail.per_scorer.clone(),
+            );
+            if !kept {
+                continue;
+            }
+            let mut steps = parent.steps.clone();
+            steps.push(StepRecord {
+                index: self.t,
+                text: c.text,
+                teacher: self.s.teacher_names[c.teacher].clone(),
+                score: detail.score,
+                mean_logprob: Some(detail.mean_logprob),
+                m: detail.m,
+                tokens: c.tokens,
+                candidates: n,
+                finish: c.reason.to_string(),
+                also_proposed_by: c
+                    .also
+                    .iter()
+                    .map(|&k| self.s.teacher_names[k].clone())
+                    .collect(),
+                scorers: detail.per_scorer,
+                visits: None,
+            });
+            let beam = Beam {
+                id: c.id,
+                reasoning: c.reasoning,
+                steps,
+                score: detail.score,
+                pending: c.pending,
+                forced: c.forced,
+                teacher: c.teacher,
+            };
+            if c.done {
+                self.finished.push(beam)
+            } else {
+                self.live.push(beam)
+            }
+        }
+        self.t += 1;
+        if self.live.is_empty() {
+            self.state = State::Answer;
+        } else if self.t > self.s.max_steps {
+            tracing::warn!(id = %self.p.id, "max_steps = {} reached; force-closing {} live beams", self.s.max_steps, self.live.len());
+            self.state = State::ForceAll {
+                reason: "max-steps",
+            };
+        } else {
+            self.state = State::Expand;
+        }
+    }
+}
+
+impl Search for CordSearch {
+    fn problem(&self) -> &Problem {
+        &self.p
+    }
+
+    fn poll(&mut self, backend: &mut dyn Backend) -> Result<Need> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Over) {
+                State::Expand => {
+                    if let Some(need) = self.expand(backend)? {
+                        return Ok(need);
+                    }
+                }
+                State::Resample { slots, pending } => {
+                    let reqs = pending
+                        .iter()
+                        .map(|&i| self.propose_request(&slots[i], Purpose::Resample))
+                        .collect();
+                    self.state = State::Proposing {
+                        slots,
+                        pending,
+                        resample: true,
+                    };
+                    return Ok(Need::Propose(reqs));
+                }
+                State::Candidates { slots } => {
+                    let cands = self.candidates(slots);
+                    if cands.is_empty() {
+                        tracing::warn!(id = %self.p.id, step = self.t, "every candidate was empty; force-closing the live beams");
+                        self.state = State::ForceAll {
+                            reason: "no-candidates",
+                        };
+                        continue;
+                    }
+                    return Ok(self.score_need(cands));
+                }
+                State::ForceAll { reason } => {
+                    let cands = self.force_all(reason);
+                    return Ok(self.score_need(cands));
+                }
+                State::Answer => {
+                    let best = self
+                        .finished
+                        .iter()
+                        .fold(None::<&Beam>, |acc, b| match acc {
+                            Some(a) if a.score >= b.score => Some(a),
+                            _ => Some(b),
+                        })
+                        .ok_or_else(|| {
+                            Error::Protocol("search ended without a finished trajectory".into())
+                        })?;
+                    let outcome = Outcome {
+                        steps: best.steps.clone(),
+                        reasoning: best.reasoning.clone(),
+                        forced: best.forced,
+                        score: best.score,
+                        answer_teacher: best.teacher,
+                    };
+                    let req = answer_request(&self.s, &self.p, &outcome);
+                    self.outcome = Some(outcome);
+                    self.state = State::Answering;
+                    return Ok(Need::Answer(vec![req]));
+                }
+                State::Finished(r) => return Ok(Need::Done(r)),
+                s @ (State::Proposing { .. } | State::Scoring { .. } | State::Answering) => {
+                    self.state = s;
+                    return Err(Error::Protocol("poll while waiting for results".into()));
+                }
+                State::Over => return Err(Error::Protocol("poll after the search ended".into())),
+            }
+        }
+    }
+
+    fn feed(&mut self, reply: Reply) -> Result<()> {
+        match (std::mem::replace(&mut self.state, State::Over), reply) {
+            (
+                State::Proposing {
+                    mut slots,
+                    pending,
+                    resample,
+                },
+                Reply::Proposals(ps),
+            ) => {
+                let ps = expect_len(ps, pending.len(), "proposals")?;
+                let teachers: Vec<usize> = pending.iter().map(|&i| slots[i].teacher).collect();
+                self.stats.proposals(&self.s, &teachers, &ps);
+                let mut again = Vec::new();
+                for (&i, p) in pending.iter().zip(&ps) {
+                    let out = finish_step(p, slots[i].budget_limited);
+                    if out == StepOutcome::Blank && !resample && self.s.resample_empty {
+                        again.push(i);
+                    }
+                    slots[i].tokens = p.tokens;
+                    slots[i].outcome = Some(out);
+                }
+                self.state = if again.is_empty() {
+                    State::Candidates { slots }
+                } else {
+                    State::Resample {
+                        slots,
+                        pending: again,
+                    }
+                };
+                Ok(())
+            }
+            (State::Scoring { mut cands, groups }, Reply::Scores(ss)) => {
+                let total: usize = groups.iter().map(|(_, js)| js.len()).sum();
+                let ss = expect_len(ss, total, "scores")?;
+                self.stats.scores(&ss);
+                let mut at = 0;
+                for (i, js) in groups {
+                    let d = self.s.aggregate(&js, &ss[at..at + js.len()]);
+                    at += js.len();
+                    cands[i].score = Some(d);
+                }
+                self.select(cands);
+                Ok(())
+            }
+            (State::Answering, Reply::Answers(a)) => {
+                let a = expect_len(a, 1, "answers")?;
+                let outcome = self
+                    .outcome
+                    .take()
+                    .ok_or_else(|| Error::Protocol("no outcome".into()))?;
+                let tree = self.s.save_tree.then(|| std::mem::take(&mut self.tree));
+                let rec = build_record(
+                    &self.s,
+                    &self.p,
+                    outcome,
+                    &a[0],
+                    std::mem::take(&mut self.stats),
+                    tree,
+                    self.started,
+                );
+                self.state = State::Finished(Box::new(rec));
+                Ok(())
+            }
+            (s, _) => {
+                self.state = s;
+                Err(Error::Protocol(
+                    "results of the wrong kind or at the wrong time".into(),
+                ))
+            }
+        }
+    }
+}

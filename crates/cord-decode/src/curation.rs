@@ -1,0 +1,321 @@
+//! Curation baseline (S1 / LIMO recipe, section 9): every teacher writes N whole trajectories,
+//! each is scored with the same S, the best one is kept and its teacher writes the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::{Backend, Finish, ProposeRequest};
+use crate::error::{Error, Result};
+use crate::io::{Problem, Record, StepRecord, TreeEntry};
+use crate::search::{
+    Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, THINK_CLOSE, answer_request,
+    build_record, closed, expect_len,
+};
+use crate::seed::{Purpose, request_seed};
+
+/// A trajectory generated in chunks of at most the step cap until `</think>`, EOS or the budget.
+#[derive(Debug, Clone)]
+pub(crate) struct Chunked {
+    pub teacher: usize,
+    pub reasoning: String,
+    pub done: bool,
+    pub forced: bool,
+    pub reason: &'static str,
+    pub chunks: usize,
+    pub tokens: usize,
+    /// The last request's max_new_tokens was the budget's room.
+    limited: bool,
+}
+
+impl Chunked {
+    pub fn new(teacher: usize, reasoning: String) -> Self {
+        Chunked {
+            teacher,
+            reasoning,
+            done: false,
+            forced: false,
+            reason: "think",
+            chunks: 0,
+            tokens: 0,
+            limited: false,
+        }
+    }
+
+    fn force(&mut self, reason: &'static str) {
+        self.reasoning = closed(&self.reasoning);
+        self.done = true;
+        self.forced = true;
+        self.reason = reason;
+    }
+
+    /// The next chunk's request, or `None` when the trajectory is (now) complete.
+    pub fn request(
+        &mut self,
+        s: &Settings,
+        p: &Problem,
+        backend: &mut dyn Backend,
+        seed: u64,
+    ) -> Result<Option<ProposeRequest>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.chunks >= s.max_steps {
+            self.force("max-steps");
+            return Ok(None);
+        }
+        let cap = s.step_caps[self.teacher];
+        let room = s.room(backend, self.teacher, &self.reasoning, cap)?;
+        if room == 0 {
+            self.force("budget");
+            return Ok(None);
+        }
+        self.limited = room <= cap;
+        Ok(Some(ProposeRequest {
+            teacher: self.teacher,
+            question: p.question.clone(),
+            reasoning: self.reasoning.clone(),
+            max_new_tokens: cap.min(room),
+            stop: vec![THINK_CLOSE.to_string()],
+            seed,
+        }))
+    }
+
+    pub fn absorb(&mut self, text: &str, finish: &Finish, tokens: usize) {
+        self.chunks += 1;
+        self.tokens += tokens;
+        self.reasoning.push_str(text);
+        match finish {
+            Finish::Stop(_) => {
+                self.reasoning.push_str(THINK_CLOSE);
+                self.done = true;
+                self.reason = "think";
+            }
+            Finish::Eos => self.force("eos"),
+            Finish::Length if self.limited || tokens == 0 => self.force("budget"),
+            Finish::Length => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Generate,
+    Generating { pending: Vec<usize> },
+    Scoring { groups: Vec<Vec<usize>> },
+    Choose,
+    Answering,
+    Finished(Box<Record>),
+    Over,
+}
+
+/// Best-of-N over whole trajectories.
+pub struct CurationSearch {
+    s: Arc<Settings>,
+    p: Problem,
+    trajs: Vec<Chunked>,
+    scores: Vec<Option<ScoreDetail>>,
+    state: State,
+    stats: StatsAcc,
+    started: Instant,
+    outcome: Option<Outcome>,
+    tree: Option<Vec<TreeEntry>>,
+}
+
+impl CurationSearch {
+    pub fn new(s: Arc<Settings>, p: Problem) -> Self {
+        let start = if s.curation_step_prefill {
+            s.header(1, "")
+        } else {
+            String::new()
+        };
+        let n = s.curation_samples;
+        let trajs = (0..s.num_teachers())
+            .flat_map(|k| (0..n).map(move |_| k))
+            .map(|k| Chunked::new(k, start.clone()))
+            .collect::<Vec<_>>();
+        let scores = vec![None; trajs.len()];
+        CurationSearch {
+            s,
+            p,
+            trajs,
+            scores,
+            state: State::Generate,
+            stats: StatsAcc::default(),
+            started: Instant::now(),
+            outcome: None,
+            tree: None,
+        }
+    }
+
+    fn choose(&mut self) -> Need {
+        // Highest score; ties go to the earlier trajectory (teacher order, then sample).
+        let mut best = 0;
+        for i in 1..self.trajs.len() {
+            if score_of(&self.scores[i]) > score_of(&self.scores[best]) {
+                best = i;
+            }
+        }
+        let t = &self.trajs[best];
+        let d = self.scores[best].clone().unwrap_or(ScoreDetail {
+            score: 0.0,
+            mean_logprob: f64::NEG_INFINITY,
+            m: None,
+            per_scorer: vec![],
+        });
+        let n = self.s.curation_samples;
+        let step = StepRecord {
+            index: 1,
+            text: t.reasoning.clone(),
+            teacher: self.s.teacher_names[t.teacher].clone(),
+            score: d.score,
+            mean_logprob: Some(d.mean_logprob),
+            m: d.m,
+            tokens: t.tokens,
+            candidates: self.trajs.len(),
+            finish: t.reason.to_string(),
+            also_proposed_by: vec![],
+            scorers: d.per_scorer.clone(),
+            visits: None,
+        };
+        let tree = self.s.save_tree.then(|| {
+            self.trajs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TreeEntry {
+                    step: 1,
+                    id: i as u64 + 1,
+                    parent: None,
+                    parent_rank: None,
+                    teacher: self.s.teacher_names[t.teacher].clone(),
+                    text: t.reasoning.clone(),
+                    score: self.scores[i].as_ref().map(|d| d.score),
+                    kept: i == best,
+                    finished: true,
+                    note: Some(format!("sample {}", i % n)),
+                    scorers: self.scores[i]
+                        .as_ref()
+                        .map(|d| d.per_scorer.clone())
+                        .unwrap_or_default(),
+                })
+                .collect::<Vec<_>>()
+        });
+        let outcome = Outcome {
+            steps: vec![step],
+            reasoning: t.reasoning.clone(),
+            forced: t.forced,
+            score: d.score,
+            answer_teacher: t.teacher,
+        };
+        let req = answer_request(&self.s, &self.p, &outcome);
+        self.outcome = Some(outcome);
+        self.tree = tree;
+        self.state = State::Answering;
+        Need::Answer(vec![req])
+    }
+}
+
+fn score_of(d: &Option<ScoreDetail>) -> f64 {
+    d.as_ref().map_or(0.0, |d| d.score)
+}
+
+impl Search for CurationSearch {
+    fn problem(&self) -> &Problem {
+        &self.p
+    }
+
+    fn poll(&mut self, backend: &mut dyn Backend) -> Result<Need> {
+        match std::mem::replace(&mut self.state, State::Over) {
+            State::Generate => {
+                let n = self.s.curation_samples;
+                let mut reqs = Vec::new();
+                let mut pending = Vec::new();
+                for i in 0..self.trajs.len() {
+                    let t = &self.trajs[i];
+                    let seed = request_seed(
+                        &self.p.id,
+                        Purpose::Curation,
+                        &[t.teacher as u64, (i % n) as u64, t.chunks as u64],
+                        self.s.seed,
+                    );
+                    if let Some(r) = self.trajs[i].request(&self.s, &self.p, backend, seed)? {
+                        reqs.push(r);
+                        pending.push(i);
+                    }
+                }
+                if !reqs.is_empty() {
+                    self.state = State::Generating { pending };
+                    return Ok(Need::Propose(reqs));
+                }
+                let mut groups = Vec::new();
+                let mut reqs = Vec::new();
+                for t in &self.trajs {
+                    let (js, rs) = self
+                        .s
+                        .score_requests(&self.p, &t.reasoning, Some(t.teacher));
+                    groups.push(js);
+                    reqs.extend(rs);
+                }
+                self.state = State::Scoring { groups };
+                Ok(Need::Score(reqs))
+            }
+            State::Choose => Ok(self.choose()),
+            State::Finished(r) => Ok(Need::Done(r)),
+            State::Over => Err(Error::Protocol("poll after the search ended".into())),
+            s => {
+                self.state = s;
+                Err(Error::Protocol("poll while waiting for results".into()))
+            }
+        }
+    }
+
+    fn feed(&mut self, reply: Reply) -> Result<()> {
+        match (std::mem::replace(&mut self.state, State::Over), reply) {
+            (State::Generating { pending }, Reply::Proposals(ps)) => {
+                let ps = expect_len(ps, pending.len(), "proposals")?;
+                let teachers: Vec<usize> = pending.iter().map(|&i| self.trajs[i].teacher).collect();
+                self.stats.proposals(&self.s, &teachers, &ps);
+                for (&i, p) in pending.iter().zip(&ps) {
+                    self.trajs[i].absorb(&p.text, &p.finish, p.tokens);
+                }
+                self.state = State::Generate;
+                Ok(())
+            }
+            (State::Scoring { groups }, Reply::Scores(ss)) => {
+                let total: usize = groups.iter().map(Vec::len).sum();
+                let ss = expect_len(ss, total, "scores")?;
+                self.stats.scores(&ss);
+                let mut at = 0;
+                for (i, js) in groups.iter().enumerate() {
+                    self.scores[i] = Some(self.s.aggregate(js, &ss[at..at + js.len()]));
+                    at += js.len();
+                }
+                self.state = State::Choose;
+                Ok(())
+            }
+            (State::Answering, Reply::Answers(a)) => {
+                let a = expect_len(a, 1, "answers")?;
+                let outcome = self
+                    .outcome
+                    .take()
+                    .ok_or_else(|| Error::Protocol("no outcome".into()))?;
+                let rec = build_record(
+                    &self.s,
+                    &self.p,
+                    outcome,
+                    &a[0],
+                    std::mem::take(&mut self.stats),
+                    self.tree.take(),
+                    self.started,
+                );
+                self.state = State::Finished(Box::new(rec));
+                Ok(())
+            }
+            (s, _) => {
+                self.state = s;
+                Err(Error::Protocol(
+                    "results of the wrong kind or at the wrong time".into(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Runs many searches at once: each round, poll every active search, merge the requests of
+//! each kind into one backend call, hand the results back.
+//!
+//! **Order and determinism.** Records are written in **input order** (a finished record waits
+//! in a small reorder buffer until every earlier problem is written). A search's content depends
+//! only on its own requests and results (seeds are per request, O-6), so with a backend whose
+//! results depend only on the request the output is byte-identical whatever
+//! `problems_in_flight` is — except `stats.seconds` and `stats.prefix_tokens_reused` (turn
+//! timing off with `record_timing = false`). To bound the buffer, problem `i` is started only
+//! while `i < first unwritten + 4 × problems_in_flight`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::io::{Problem, Record, RecordSink};
+use crate::search::{Need, Reply, Search, Settings, new_search};
+
+/// Progress after each finished problem (for a progress bar).
+#[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    /// Problems finished (written or dropped).
+    pub done: usize,
+    pub total: usize,
+    pub correct: usize,
+    /// The record just finished.
+    pub record: &'a Record,
+    /// Whether it was written (false when dropped as incorrect).
+    pub written: bool,
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub problems: usize,
+    pub written: usize,
+    /// Records not written because their answer was wrong (`drop_incorrect`).
+    pub dropped: usize,
+    pub correct: usize,
+    /// correct / problems.
+    pub accuracy: f64,
+    /// Mean final score.
+    pub mean_score: f64,
+    pub mean_steps: f64,
+    pub forced_close: usize,
+    pub answer_truncated: usize,
+    pub tokens_per_teacher: BTreeMap<String, u64>,
+    pub tokens_scored: u64,
+    pub prefix_tokens_reused: u64,
+    pub propose_calls: usize,
+    pub score_calls: usize,
+    pub answer_calls: usize,
+    pub seconds: f64,
+}
+
+struct Active {
+    index: usize,
+    search: Box<dyn Search>,
+}
+
+/// Runs every problem through the configured search and writes the records in input order.
+pub fn run(
+    backend: &mut dyn Backend,
+    settings: &Arc<Settings>,
+    problems: Vec<Problem>,
+    sink: &mut dyn RecordSink,
+    progress: &mut dyn FnMut(&Progress<'_>),
+) -> Result<Summary> {
+    let started = Instant::now();
+    if backend.num_teachers() != settings.num_teachers() {
+        return Err(Error::Protocol(format!(
+            "the backend holds {} teachers, the pool {}",
+            backend.num_teachers(),
+            settings.num_teachers()
+        )));
+    }
+    for (k, name) in settings.teacher_names.iter().enumerate() {
+        if backend.teacher_name(k) != name {
+            return Err(Error::Protocol(format!(
+                "teacher {k} is {:?} in the backend and {name:?} in the pool",
+                backend.teacher_name(k)
+            )));
+        }
+    }
+    let total = problems.len();
+    let in_flight = settings.problems_in_flight.max(1);
+    let window = 4 * in_flight;
+    let mut queue: VecDeque<(usize, Problem)> = problems.into_iter().enumerate().collect();
+    let mut active: Vec<Active> = Vec::new();
+    let mut ready: BTreeMap<usize, Record> = BTreeMap::new();
+    let mut next_write = 0usize;
+    let mut summary = Summary {
+        problems: total,
+        ..Summary::default()
+    };
+    let mut score_sum = 0.0;
+    let mut steps_sum = 0usize;
+    let mut done = 0usize;
+
+    loop {
+        while active.len() < in_flight
+            && let Some((i, _)) = queue.front()
+            && *i < next_write + window
+        {
+            let (index, p) = queue.pop_front().expect("front exists");
+            active.push(Active {
+                index,
+                search: new_search(settings.clone(), p),
+            });
+        }
+        if active.is_empty() {
+            break;
+        }
+        // Poll every active search (in input order); collect the needs.
+        let mut proposes = Vec::new();
+        let mut scores = Vec::new();
+        let mut answers = Vec::new();
+        let mut owners: Vec<(usize, u8, usize)> = Vec::new(); // (active idx, kind, count)
+        let mut finished = Vec::new();
+        for (a, act) in active.iter_mut().enumerate() {
+            match act.search.poll(backend)? {
+                Need::Propose(r) => {
+                    owners.push((a, 0, r.len()));
+                    proposes.extend(r);
+                }
+                Need::Score(r) => {
+                    owners.push((a, 1, r.len()));
+                    scores.extend(r);
+                }
+                Need::Answer(r) => {
+                    owners.push((a, 2, r.len()));
+                    answers.extend(r);
+                }
+                Need::Done(rec) => finished.push((a, rec)),
+            }
+        }
+        let mut prop_res = if proposes.is_empty() {
+            Vec::new()
+        } else {
+            summary.propose_calls += 1;
+            check(backend.propose(&proposes)?, proposes.len(), "proposals")?
+        }
+        .into_iter();
+        let mut score_res = if scores.is_empty() {
+            Vec::new()
+        } else {
+            summary.score_calls += 1;
+            check(backend.score(&scores)?, scores.len(), "scores")?
+        }
+        .into_iter();
+        let mut ans_res = if answers.is_empty() {
+            Vec::new()
+        } else {
+            summary.answer_calls += 1;
+            check(backend.answer(&answers)?, answers.len(), "answers")?
+        }
+        .into_iter();
+        for (a, kind, n) in owners {
+            let reply = match kind {
+                0 => Reply::Proposals(prop_res.by_ref().take(n).collect()),
+                1 => Reply::Scores(score_res.by_ref().take(n).collect()),
+                _ => Reply::Answers(ans_res.by_ref().take(n).collect()),
+            };
+            active[a].search.feed(reply)?;
+        }
+        // Retire finished searches (highest index first so that indices stay valid).
+        for (a, rec) in finished.into_iter().rev() {
+            let act = active.remove(a);
+            ready.insert(act.index, *rec);
+        }
+        while let Some(rec) = ready.remove(&next_write) {
+            next_write += 1;
+            done += 1;
+            let write = rec.correct || !settings.drop_incorrect;
+            if write {
+                sink.write_record(&rec)?;
+                summary.written += 1;
+            } else {
+                summary.dropped += 1;
+            }
+            summary.correct += usize::from(rec.correct);
+            summary.forced_close += usize::from(rec.forced_close);
+            summary.answer_truncated += usize::from(rec.answer_truncated);
+            score_sum += rec.score;
+            steps_sum += rec.steps.len();
+            for (t, n) in &rec.stats.tokens_generated {
+                *summary.tokens_per_teacher.entry(t.clone()).or_default() += n;
+            }
+            summary.tokens_scored += rec.stats.tokens_scored;
+            summary.prefix_tokens_reused += rec.stats.prefix_tokens_reused;
+            progress(&Progress {
+                done,
+                total,
+                correct: summary.correct,
+                record: &rec,
+                written: write,
+            });
+        }
+    }
+    if total > 0 {
+        summary.accuracy = summary.correct as f64 / total as f64;
+        summary.mean_score = score_sum / total as f64;
+        summary.mean_steps = steps_sum as f64 / total as f64;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn check<T>(v: Vec<T>, n: usize, what: &str) -> Result<Vec<T>> {
+    if v.len() != n {
+        return Err(Error::Protocol(format!(
+            "backend returned {} {what} for {n} requests",
+            v.len()
+        )));
+    }
+    Ok(v)
+}

@@ -1,0 +1,311 @@
+//! The real [`Backend`]: the pool's teachers and scorers as models of one
+//! [`cord_runtime::engine::Engine`].
+//!
+//! Each distinct model (spec, device, dtype) is loaded once; teachers that share weights (a
+//! homogeneous pool) and a meta-prover that is also a teacher share that model, its KV cache and
+//! its prefix cache (O-26). Requests of one kind are grouped per model, so every model runs one
+//! batched generation (or one batched scoring pass) per round over all problems and beams.
+
+use std::collections::BTreeMap;
+
+use candle_core::DType;
+use cord_runtime::engine::ScoreRequest as EngineScore;
+use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats};
+use cord_runtime::sampling::SamplingParams;
+
+use crate::backend::{
+    AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest,
+};
+use crate::config::{PoolConfig, ScorerModel};
+use crate::error::{Error, Result};
+
+/// Engine-level settings that are not part of the pool file.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// KV cache memory per model, bytes.
+    pub kv_memory: u64,
+    /// Most new tokens per forward call.
+    pub max_batch_tokens: usize,
+    /// Replaces every teacher's / scorer's device (e.g. `--device cpu`).
+    pub device_override: Option<String>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            kv_memory: 1 << 30,
+            max_batch_tokens: 1024,
+            device_override: None,
+        }
+    }
+}
+
+struct Role {
+    name: String,
+    model: ModelId,
+    params: SamplingParams,
+    /// `None`: the template's own default; `Some(s)`: this system prompt (empty = none).
+    system: Option<String>,
+    prefill_think: bool,
+}
+
+/// The pool on an [`Engine`].
+pub struct EngineBackend {
+    engine: Engine,
+    teachers: Vec<Role>,
+    scorers: Vec<Role>,
+}
+
+fn engine_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::backend(e)
+}
+
+fn parse_dtype(s: &str, device: DeviceSpec) -> Result<Option<DType>> {
+    Ok(match (s.to_ascii_lowercase().as_str(), device) {
+        ("auto", _) => None,
+        // candle's CPU bf16 matmuls are slow and gain nothing here: compute in f32 on the CPU.
+        ("bf16", DeviceSpec::Cpu) => Some(DType::F32),
+        ("bf16", _) => Some(DType::BF16),
+        ("f16", _) => Some(DType::F16),
+        ("f32", _) => Some(DType::F32),
+        (other, _) => {
+            return Err(Error::Config {
+                key: "dtype".into(),
+                message: format!("unknown dtype `{other}`"),
+            });
+        }
+    })
+}
+
+impl EngineBackend {
+    /// Loads every model of the pool.
+    pub fn from_pool(pool: &PoolConfig, opts: &BackendOptions) -> Result<Self> {
+        let mut engine = Engine::new();
+        let load = |spec: &str,
+                    device: Option<&str>,
+                    dtype: &str,
+                    engine: &mut Engine|
+         -> Result<ModelId> {
+            let dev_str = opts.device_override.as_deref().or(device).unwrap_or("cpu");
+            let device = DeviceSpec::parse(dev_str).map_err(engine_err)?;
+            let mo = ModelOptions {
+                device,
+                dtype: parse_dtype(dtype, device)?,
+                kv_memory: opts.kv_memory,
+                max_batch_tokens: opts.max_batch_tokens,
+                ..ModelOptions::default()
+            };
+            tracing::info!(model = spec, %device, "loading");
+            engine.add_model(spec, &mo).map_err(engine_err)
+        };
+        let mut teachers = Vec::new();
+        for t in &pool.teachers {
+            let model = load(&t.model, t.device.as_deref(), &t.dtype, &mut engine)?;
+            teachers.push(Role {
+                name: t.name.clone(),
+                model,
+                params: SamplingParams {
+                    temperature: t.temperature as f32,
+                    top_p: t.top_p as f32,
+                    top_k: t.top_k.unwrap_or(0),
+                    min_p: t.min_p.unwrap_or(0.0) as f32,
+                },
+                system: t.system_prompt.clone(),
+                prefill_think: false,
+            });
+        }
+        for (k, role) in teachers.iter_mut().enumerate() {
+            role.prefill_think = pool.prefill_think(k);
+        }
+        let mut scorers = Vec::new();
+        for s in pool.scorers() {
+            let role = match s.model {
+                ScorerModel::Teacher(k) => Role {
+                    name: s.name.clone(),
+                    model: teachers[k].model,
+                    params: teachers[k].params,
+                    system: teachers[k].system.clone(),
+                    prefill_think: teachers[k].prefill_think,
+                },
+                ScorerModel::Model(spec) => {
+                    let dtype = pool.scorer.dtype.clone().unwrap_or_else(|| "bf16".into());
+                    let model = load(&spec, pool.scorer.device.as_deref(), &dtype, &mut engine)?;
+                    Role {
+                        name: s.name.clone(),
+                        model,
+                        params: SamplingParams::default(),
+                        system: pool.scorer.system_prompt.clone(),
+                        prefill_think: pool.search.prefill_think,
+                    }
+                }
+            };
+            scorers.push(role);
+        }
+        Ok(EngineBackend {
+            engine,
+            teachers,
+            scorers,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Per-model counters, keyed by model name.
+    pub fn model_stats(&self) -> BTreeMap<String, ModelStats> {
+        self.engine
+            .models()
+            .iter()
+            .map(|m| (m.name.clone(), m.stats.clone()))
+            .collect()
+    }
+
+    /// The model input for `role`: template(system, question) + `<think>\n` (if the role wants it)
+    /// + raw assistant text. The template layer never emits `<think>` twice.
+    fn prompt(&self, role: &Role, question: &str, raw: &str) -> Result<String> {
+        let system = match role.system.as_deref() {
+            Some("") => None,
+            other => other,
+        };
+        let open = if role.prefill_think { "<think>\n" } else { "" };
+        let m = self.engine.model(role.model).map_err(engine_err)?;
+        m.render(system, question, &format!("{open}{raw}"))
+            .map_err(engine_err)
+    }
+
+    /// Runs generation requests grouped by model, returning results in request order.
+    fn run_generation(&mut self, reqs: Vec<(ModelId, GenRequest)>) -> Result<Vec<Proposal>> {
+        let mut out: Vec<Option<Proposal>> = vec![None; reqs.len()];
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, (m, _)) in reqs.iter().enumerate() {
+            groups.entry(m.0).or_default().push(i);
+        }
+        for (m, idx) in groups {
+            let batch: Vec<GenRequest> = idx.iter().map(|&i| reqs[i].1.clone()).collect();
+            let res = self
+                .engine
+                .generate(ModelId(m), &batch)
+                .map_err(engine_err)?;
+            for (&i, g) in idx.iter().zip(res) {
+                let finish = match g.finish {
+                    cord_runtime::engine::Finish::Eos => Finish::Eos,
+                    cord_runtime::engine::Finish::Stop(s) => Finish::Stop(s),
+                    cord_runtime::engine::Finish::Length => Finish::Length,
+                };
+                out[i] = Some(Proposal {
+                    text: g.text,
+                    finish,
+                    tokens: g.token_ids.len(),
+                    reused_tokens: g.reused_tokens,
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|p| p.expect("every request answered"))
+            .collect())
+    }
+}
+
+impl Backend for EngineBackend {
+    fn propose(&mut self, reqs: &[ProposeRequest]) -> Result<Vec<Proposal>> {
+        let mut batch = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let role = self
+                .teachers
+                .get(r.teacher)
+                .ok_or_else(|| Error::Protocol(format!("no teacher {}", r.teacher)))?;
+            let prompt = self.prompt(role, &r.question, &r.reasoning)?;
+            batch.push((
+                role.model,
+                GenRequest {
+                    prompt,
+                    params: role.params,
+                    seed: r.seed,
+                    max_new_tokens: r.max_new_tokens,
+                    stop: r.stop.clone(),
+                    keep_stop: false,
+                },
+            ));
+        }
+        self.run_generation(batch)
+    }
+
+    fn score(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<Score>> {
+        let mut out: Vec<Option<Score>> = vec![None; reqs.len()];
+        let mut groups: BTreeMap<usize, Vec<(usize, EngineScore)>> = BTreeMap::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let role = self
+                .scorers
+                .get(r.scorer)
+                .ok_or_else(|| Error::Protocol(format!("no scorer {}", r.scorer)))?;
+            let context = self.prompt(role, &r.question, &r.context)?;
+            groups.entry(role.model.0).or_default().push((
+                i,
+                EngineScore {
+                    context,
+                    continuation: r.target.clone(),
+                },
+            ));
+        }
+        for (m, items) in groups {
+            let batch: Vec<EngineScore> = items.iter().map(|(_, s)| s.clone()).collect();
+            let res = self.engine.score(ModelId(m), &batch).map_err(engine_err)?;
+            for ((i, _), s) in items.iter().zip(res) {
+                out[*i] = Some(Score {
+                    mean_logprob: s.mean(),
+                    m: s.logprobs.len(),
+                    reused_tokens: s.reused_tokens,
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| s.expect("every request scored"))
+            .collect())
+    }
+
+    fn answer(&mut self, reqs: &[AnswerRequest]) -> Result<Vec<Proposal>> {
+        let mut batch = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let role = self
+                .teachers
+                .get(r.teacher)
+                .ok_or_else(|| Error::Protocol(format!("no teacher {}", r.teacher)))?;
+            let prompt = self.prompt(role, &r.question, &r.prefill())?;
+            batch.push((
+                role.model,
+                GenRequest {
+                    prompt,
+                    params: role.params,
+                    seed: r.seed,
+                    max_new_tokens: r.max_new_tokens,
+                    stop: Vec::new(),
+                    keep_stop: false,
+                },
+            ));
+        }
+        self.run_generation(batch)
+    }
+
+    fn count_tokens(&mut self, teacher: usize, text: &str) -> Result<usize> {
+        let role = self
+            .teachers
+            .get(teacher)
+            .ok_or_else(|| Error::Protocol(format!("no teacher {teacher}")))?;
+        self.engine
+            .model(role.model)
+            .map_err(engine_err)?
+            .count_tokens(text)
+            .map_err(engine_err)
+    }
+
+    fn num_teachers(&self) -> usize {
+        self.teachers.len()
+    }
+
+    fn teacher_name(&self, k: usize) -> &str {
+        self.teachers.get(k).map(|t| t.name.as_str()).unwrap_or("")
+    }
+}

@@ -1,0 +1,31 @@
+//! cord-decode: CoRD (collaborative step-wise multi-teacher decoding) and its baselines as
+//! state machines over a text-level, batched [`backend::Backend`].
+//!
+//! - [`config`]: the pool file (teachers, scorer, search settings; every O-n default).
+//! - [`io`]: problems JSONL in, records JSONL out (resumable).
+//! - [`answer`]: answer extraction and comparison.
+//! - [`backend`]: the engine boundary and its contract.
+//! - [`search`], [`cord`], [`curation`], [`mcts`]: the searches.
+//! - [`driver`]: many problems in flight, one backend call per request kind per round.
+//! - [`scripted`]: a scripted backend for tests.
+
+pub mod answer;
+pub mod backend;
+pub mod config;
+pub mod cord;
+pub mod curation;
+pub mod driver;
+pub mod engine_backend;
+pub mod error;
+pub mod io;
+pub mod mcts;
+pub mod scripted;
+pub mod search;
+pub mod seed;
+
+pub use backend::{AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest};
+pub use config::{Method, PoolConfig, ScorerKind, SearchOverrides, StepUnit};
+pub use driver::{Progress, Summary, run};
+pub use error::{Error, Result};
+pub use io::{OutputMode, Problem, Record, RecordSink, RecordWriter, read_problems};
+pub use search::{Need, Reply, Search, Settings, new_search};

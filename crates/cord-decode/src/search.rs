@@ -1,0 +1,604 @@
+//! What all searches share: the state-machine protocol, resolved settings, step finishing,
+//! scoring requests and record building.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::answer::{answers_match, extract_answer};
+use crate::backend::{
+    AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest,
+};
+use crate::config::{Method, PoolConfig, ScorerKind, StepUnit};
+use crate::error::{Error, Result};
+use crate::io::{
+    Message, Problem, Record, RecordConfig, RecordStats, ScorerValue, StepRecord, TreeEntry,
+};
+
+/// What a search needs next.
+#[derive(Debug)]
+pub enum Need {
+    Propose(Vec<ProposeRequest>),
+    Score(Vec<ScoreRequest>),
+    Answer(Vec<AnswerRequest>),
+    /// The search is over.
+    Done(Box<Record>),
+}
+
+/// Results for the last [`Need`], in request order.
+#[derive(Debug)]
+pub enum Reply {
+    Proposals(Vec<Proposal>),
+    Scores(Vec<Score>),
+    Answers(Vec<Proposal>),
+}
+
+/// A search over one problem, driven from outside: `poll` → requests → backend → `feed` → ...
+/// until `poll` returns [`Need::Done`]. `poll` may call `backend.count_tokens` only.
+pub trait Search {
+    fn poll(&mut self, backend: &mut dyn Backend) -> Result<Need>;
+    fn feed(&mut self, reply: Reply) -> Result<()>;
+    fn problem(&self) -> &Problem;
+}
+
+/// Makes the search of the configured method for one problem.
+pub fn new_search(settings: Arc<Settings>, problem: Problem) -> Box<dyn Search> {
+    match settings.method {
+        Method::Cord | Method::Greedy => Box::new(crate::cord::CordSearch::new(settings, problem)),
+        Method::Curation => Box::new(crate::curation::CurationSearch::new(settings, problem)),
+        Method::Mcts => Box::new(crate::mcts::MctsSearch::new(settings, problem)),
+    }
+}
+
+/// Reflection cue phrases of the prefix unit (section 3).
+pub const CUE_PHRASES: &[&str] = &[
+    "let me check",
+    "let me verify",
+    "double-check",
+    "going back to",
+    "wait",
+    "alternatively",
+    "another way",
+    "let's try a different approach",
+    "using another method",
+    "we can also verify",
+    "this is wrong",
+    "the mistake was",
+    "that's impossible",
+    "this contradicts",
+    "the error is",
+];
+
+/// The end-of-thinking tag.
+pub const THINK_CLOSE: &str = "</think>";
+
+/// Everything a search needs, resolved from the pool once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub method: Method,
+    /// Beam width in use (1 for greedy).
+    pub width: usize,
+    pub think_budget: usize,
+    pub answer_budget: usize,
+    /// Step cap per teacher.
+    pub step_caps: Vec<usize>,
+    pub default_step_cap: usize,
+    pub step_unit: StepUnit,
+    pub max_steps: usize,
+    pub seed: u64,
+    pub curation_samples: usize,
+    pub curation_step_prefill: bool,
+    pub mcts_simulations: usize,
+    pub mcts_c: f64,
+    pub dedupe: bool,
+    pub resample_empty: bool,
+    pub score_period: bool,
+    pub drop_incorrect: bool,
+    pub save_tree: bool,
+    pub record_timing: bool,
+    pub problems_in_flight: usize,
+    pub teacher_names: Vec<String>,
+    pub scorer_names: Vec<String>,
+    /// For each scorer, the teacher it is (cross-teacher `exclude_proposer`).
+    pub scorer_teacher: Vec<Option<usize>>,
+    pub scorer_kind: ScorerKind,
+    pub exclude_proposer: bool,
+    pub suffix: String,
+    pub fingerprint: String,
+}
+
+impl Settings {
+    /// Resolves a validated pool.
+    pub fn new(pool: &PoolConfig) -> Result<Self> {
+        pool.validate()?;
+        let s = &pool.search;
+        let scorers = pool.scorers();
+        Ok(Settings {
+            method: s.method,
+            width: s.effective_beam(),
+            think_budget: s.think_budget,
+            answer_budget: s.answer_budget,
+            step_caps: (0..pool.teachers.len()).map(|k| pool.step_cap(k)).collect(),
+            default_step_cap: s.max_step_tokens,
+            step_unit: s.step_unit,
+            max_steps: s.max_steps,
+            seed: s.seed,
+            curation_samples: s.effective_curation_samples(),
+            curation_step_prefill: s.curation_step_prefill,
+            mcts_simulations: s.mcts_simulations,
+            mcts_c: s.mcts_c,
+            dedupe: s.dedupe,
+            resample_empty: s.resample_empty,
+            score_period: s.score_period,
+            drop_incorrect: s.drop_incorrect,
+            save_tree: s.save_tree,
+            record_timing: s.record_timing,
+            problems_in_flight: s.problems_in_flight,
+            teacher_names: pool.teachers.iter().map(|t| t.name.clone()).collect(),
+            scorer_names: scorers.iter().map(|x| x.name.clone()).collect(),
+            scorer_teacher: scorers
+                .iter()
+                .map(|x| match x.model {
+                    crate::config::ScorerModel::Teacher(k) => Some(k),
+                    crate::config::ScorerModel::Model(_) => None,
+                })
+                .collect(),
+            scorer_kind: pool.scorer.kind,
+            exclude_proposer: pool.scorer.exclude_proposer,
+            suffix: pool.scorer.suffix.clone(),
+            fingerprint: pool.fingerprint(),
+        })
+    }
+
+    /// Shared handle.
+    pub fn shared(pool: &PoolConfig) -> Result<Arc<Self>> {
+        Self::new(pool).map(Arc::new)
+    }
+
+    pub fn num_teachers(&self) -> usize {
+        self.teacher_names.len()
+    }
+
+    /// Stop strings of a step for the configured unit (O-1).
+    pub fn step_stops(&self) -> Vec<String> {
+        match self.step_unit {
+            StepUnit::PromptGuided => vec!["### Step".to_string(), THINK_CLOSE.to_string()],
+            StepUnit::LineBreak => vec!["\n\n".to_string(), THINK_CLOSE.to_string()],
+            StepUnit::CuePhrase => {
+                let mut v = vec![THINK_CLOSE.to_string()];
+                for p in CUE_PHRASES {
+                    let cap = capitalize(p);
+                    for lead in [" ", "\n"] {
+                        v.push(format!("{lead}{p}"));
+                        v.push(format!("{lead}{cap}"));
+                    }
+                }
+                v
+            }
+        }
+    }
+
+    /// The header the orchestrator writes before step `t` (O-2); `pending` is the cue that
+    /// ended the previous step (cue-phrase unit).
+    pub fn header(&self, t: usize, pending: &str) -> String {
+        match self.step_unit {
+            StepUnit::PromptGuided => format!("### Step {t}."),
+            StepUnit::LineBreak => String::new(),
+            StepUnit::CuePhrase => pending.to_string(),
+        }
+    }
+
+    /// The scoring target (O-15).
+    pub fn target(&self, gt: &str) -> String {
+        if self.score_period && !gt.ends_with('.') {
+            format!("{gt}.")
+        } else {
+            gt.to_string()
+        }
+    }
+
+    /// Scorers used for a candidate proposed by `proposer`.
+    pub fn scorers_for(&self, proposer: Option<usize>) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.scorer_names.len()).collect();
+        if self.scorer_kind == ScorerKind::CrossTeacher && self.exclude_proposer {
+            let v: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&j| proposer.is_none() || self.scorer_teacher[j] != proposer)
+                .collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+        all
+    }
+
+    /// Score requests for `reasoning` (O-14): one per scorer used.
+    pub fn score_requests(
+        &self,
+        p: &Problem,
+        reasoning: &str,
+        proposer: Option<usize>,
+    ) -> (Vec<usize>, Vec<ScoreRequest>) {
+        let context = format!("{}{}", score_context(reasoning), self.suffix);
+        let target = self.target(&p.answer);
+        let js = self.scorers_for(proposer);
+        let reqs = js
+            .iter()
+            .map(|&j| ScoreRequest {
+                scorer: j,
+                question: p.question.clone(),
+                context: context.clone(),
+                target: target.clone(),
+            })
+            .collect();
+        (js, reqs)
+    }
+
+    /// Aggregates the scores of one candidate (meta-prover: the one value; cross-teacher:
+    /// exp of the mean of per-scorer mean log-probs).
+    pub fn aggregate(&self, js: &[usize], scores: &[Score]) -> ScoreDetail {
+        let mean = |s: &Score| {
+            if s.mean_logprob.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                s.mean_logprob
+            }
+        };
+        if js.len() == 1 && self.scorer_kind == ScorerKind::MetaProver {
+            let lp = mean(&scores[0]);
+            return ScoreDetail {
+                score: lp.exp(),
+                mean_logprob: lp,
+                m: Some(scores[0].m),
+                per_scorer: Vec::new(),
+            };
+        }
+        let lp = scores.iter().map(mean).sum::<f64>() / scores.len().max(1) as f64;
+        ScoreDetail {
+            score: lp.exp(),
+            mean_logprob: lp,
+            m: None,
+            per_scorer: js
+                .iter()
+                .zip(scores)
+                .map(|(&j, s)| ScorerValue {
+                    scorer: self.scorer_names[j].clone(),
+                    mean_logprob: mean(s),
+                    m: s.m,
+                })
+                .collect(),
+        }
+    }
+
+    /// Think-budget room of teacher `k` after `text` (O-5), or `None` when the budget is far
+    /// away (room > the step cap; `count_tokens` is then not needed).
+    pub fn room(
+        &self,
+        backend: &mut dyn Backend,
+        k: usize,
+        text: &str,
+        cap: usize,
+    ) -> Result<usize> {
+        if text.len() + 1 + cap < self.think_budget {
+            return Ok(self.think_budget - text.len() - 1);
+        }
+        let used = backend.count_tokens(k, text)?;
+        Ok(self.think_budget.saturating_sub(used))
+    }
+
+    pub(crate) fn record_config(&self) -> RecordConfig {
+        RecordConfig {
+            beam: self.width,
+            think_budget: self.think_budget,
+            answer_budget: self.answer_budget,
+            step_cap: self.default_step_cap,
+            max_steps: self.max_steps,
+            seed: self.seed,
+            method: self.method,
+            step_unit: self.step_unit.as_str().to_string(),
+            scorer: self.scorer_kind.as_str().to_string(),
+            pool: self.fingerprint.clone(),
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// A candidate's score, with what it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreDetail {
+    /// exp(mean_logprob), in [0, 1].
+    pub score: f64,
+    pub mean_logprob: f64,
+    pub m: Option<usize>,
+    pub per_scorer: Vec<ScorerValue>,
+}
+
+/// The reasoning as scored: a trailing `</think>` removed, right-stripped (O-14).
+pub fn score_context(reasoning: &str) -> &str {
+    let r = reasoning.trim_end();
+    r.strip_suffix(THINK_CLOSE).unwrap_or(r).trim_end()
+}
+
+/// `r` closed by `</think>` (O-19): unchanged if it already ends with it.
+pub fn closed(r: &str) -> String {
+    let t = r.trim_end();
+    if t.ends_with(THINK_CLOSE) {
+        t.to_string()
+    } else {
+        format!("{t}\n{THINK_CLOSE}")
+    }
+}
+
+/// A finished step body, or nothing usable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// The generated text was empty or whitespace (O-11).
+    Blank,
+    Step {
+        /// Text to append after the header.
+        body: String,
+        /// The step ends the reasoning.
+        done: bool,
+        /// `</think>` was added by force.
+        forced: bool,
+        /// step | think | eos | step-cap | budget
+        reason: &'static str,
+        /// Cue phrase that starts the next step (cue-phrase unit).
+        next_header: String,
+    },
+}
+
+/// Turns a step proposal into a step body (O-1, O-4, O-19, O-25), to be appended after the
+/// prefilled header; `budget_limited` says that `max_new_tokens` was the think budget's room, not the cap.
+pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
+    let text = p.text.as_str();
+    if text.trim().is_empty() {
+        return StepOutcome::Blank;
+    }
+    let forced_close = |reason| StepOutcome::Step {
+        body: format!("{}\n{THINK_CLOSE}", text.trim_end()),
+        done: true,
+        forced: true,
+        reason,
+        next_header: String::new(),
+    };
+    match &p.finish {
+        Finish::Stop(s) if s == THINK_CLOSE => StepOutcome::Step {
+            body: format!("{text}{THINK_CLOSE}"),
+            done: true,
+            forced: false,
+            reason: "think",
+            next_header: String::new(),
+        },
+        Finish::Stop(s) => {
+            let sep = if s.starts_with(' ') { " " } else { "\n\n" };
+            let next = if s == "### Step" || s == "\n\n" {
+                String::new()
+            } else {
+                s.trim_start().to_string()
+            };
+            StepOutcome::Step {
+                body: format!("{}{sep}", text.trim_end()),
+                done: false,
+                forced: false,
+                reason: "step",
+                next_header: next,
+            }
+        }
+        Finish::Eos => forced_close("eos"),
+        Finish::Length if budget_limited => forced_close("budget"),
+        Finish::Length => {
+            let cut = match text.rfind("\n\n") {
+                Some(i) if !text[..i].trim().is_empty() => &text[..i],
+                _ => text,
+            };
+            StepOutcome::Step {
+                body: format!("{}\n\n", cut.trim_end()),
+                done: false,
+                forced: false,
+                reason: "step-cap",
+                next_header: String::new(),
+            }
+        }
+    }
+}
+
+/// Per-problem counters.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StatsAcc {
+    pub tokens: BTreeMap<String, u64>,
+    pub scored: u64,
+    pub score_requests: u64,
+    pub propose_requests: u64,
+    pub reused: u64,
+}
+
+impl StatsAcc {
+    pub fn proposals(&mut self, s: &Settings, reqs: &[usize], ps: &[Proposal]) {
+        for (&k, p) in reqs.iter().zip(ps) {
+            *self.tokens.entry(s.teacher_names[k].clone()).or_default() += p.tokens as u64;
+            self.reused += p.reused_tokens as u64;
+            self.propose_requests += 1;
+        }
+    }
+    pub fn scores(&mut self, ss: &[Score]) {
+        for s in ss {
+            self.scored += s.m as u64;
+            self.reused += s.reused_tokens as u64;
+            self.score_requests += 1;
+        }
+    }
+}
+
+/// The chosen trajectory, ready to be turned into a record once its answer is written.
+pub(crate) struct Outcome {
+    pub steps: Vec<StepRecord>,
+    pub reasoning: String,
+    pub forced: bool,
+    pub score: f64,
+    pub answer_teacher: usize,
+}
+
+/// Checks that a reply has the expected kind and length.
+pub(crate) fn expect_len<T>(v: Vec<T>, n: usize, what: &str) -> Result<Vec<T>> {
+    if v.len() != n {
+        return Err(Error::Protocol(format!(
+            "expected {n} {what}, the backend returned {}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+pub(crate) fn answer_request(s: &Settings, p: &Problem, o: &Outcome) -> AnswerRequest {
+    AnswerRequest {
+        teacher: o.answer_teacher,
+        question: p.question.clone(),
+        reasoning: closed(&o.reasoning),
+        max_new_tokens: s.answer_budget,
+        seed: crate::seed::request_seed(&p.id, crate::seed::Purpose::Answer, &[], s.seed),
+    }
+}
+
+pub(crate) fn build_record(
+    s: &Settings,
+    p: &Problem,
+    o: Outcome,
+    answer: &Proposal,
+    mut stats: StatsAcc,
+    tree: Option<Vec<TreeEntry>>,
+    started: Instant,
+) -> Record {
+    *stats
+        .tokens
+        .entry(s.teacher_names[o.answer_teacher].clone())
+        .or_default() += answer.tokens as u64;
+    stats.reused += answer.reused_tokens as u64;
+    let final_answer = answer.text.trim().to_string();
+    let body = score_context(&o.reasoning);
+    let response = format!("<think>\n{body}\n{THINK_CLOSE}\n\n{final_answer}");
+    let predicted = extract_answer(&final_answer);
+    let correct = predicted
+        .as_deref()
+        .is_some_and(|x| answers_match(x, &p.answer));
+    Record {
+        id: p.id.clone(),
+        question: p.question.clone(),
+        answer: p.answer.clone(),
+        method: s.method,
+        steps: o.steps,
+        final_answer,
+        answer_teacher: s.teacher_names[o.answer_teacher].clone(),
+        predicted,
+        correct,
+        score: o.score,
+        forced_close: o.forced,
+        answer_truncated: answer.finish == Finish::Length,
+        messages: vec![
+            Message {
+                role: "user".into(),
+                content: p.question.clone(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: response.clone(),
+            },
+        ],
+        response,
+        config: s.record_config(),
+        stats: RecordStats {
+            tokens_generated: stats.tokens,
+            tokens_scored: stats.scored,
+            score_requests: stats.score_requests,
+            propose_requests: stats.propose_requests,
+            prefix_tokens_reused: stats.reused,
+            seconds: s.record_timing.then(|| started.elapsed().as_secs_f64()),
+        },
+        tree,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str, finish: Finish) -> Proposal {
+        Proposal::new(text, finish, 3)
+    }
+
+    fn body(o: StepOutcome) -> (String, bool, bool, &'static str) {
+        match o {
+            StepOutcome::Step {
+                body,
+                done,
+                forced,
+                reason,
+                ..
+            } => (body, done, forced, reason),
+            StepOutcome::Blank => panic!("blank"),
+        }
+    }
+
+    #[test]
+    fn finish_step_cases() {
+        assert_eq!(
+            body(finish_step(
+                &p(" a b \n\n", Finish::Stop("### Step".into())),
+                false
+            )),
+            (" a b\n\n".into(), false, false, "step")
+        );
+        assert_eq!(
+            body(finish_step(
+                &p(" a\n", Finish::Stop("</think>".into())),
+                false
+            )),
+            (" a\n</think>".into(), true, false, "think")
+        );
+        assert_eq!(
+            body(finish_step(&p(" a \n", Finish::Eos), false)),
+            (" a\n</think>".into(), true, true, "eos")
+        );
+        assert_eq!(
+            body(finish_step(&p(" a\n\nb c", Finish::Length), false)),
+            (" a\n\n".into(), false, false, "step-cap")
+        );
+        assert_eq!(
+            body(finish_step(&p(" a b c", Finish::Length), false)),
+            (" a b c\n\n".into(), false, false, "step-cap")
+        );
+        assert_eq!(
+            body(finish_step(&p(" a b c ", Finish::Length), true)),
+            (" a b c\n</think>".into(), true, true, "budget")
+        );
+        assert_eq!(
+            finish_step(&p(" \n ", Finish::Eos), false),
+            StepOutcome::Blank
+        );
+        match finish_step(&p("x = 2.", Finish::Stop(" Wait".into())), false) {
+            StepOutcome::Step {
+                body, next_header, ..
+            } => {
+                assert_eq!(body, "x = 2. ");
+                assert_eq!(next_header, "Wait");
+            }
+            StepOutcome::Blank => panic!(),
+        }
+    }
+
+    #[test]
+    fn closing_and_context() {
+        assert_eq!(closed("a\n\n"), "a\n</think>");
+        assert_eq!(closed("a</think>\n"), "a</think>");
+        assert_eq!(score_context("a \n</think> \n"), "a");
+        assert_eq!(score_context("a b\n\n"), "a b");
+    }
+}

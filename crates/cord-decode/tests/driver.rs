@@ -1,0 +1,286 @@
+//! The driver: many problems in flight give byte-identical output to one at a time; resume.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use cord_decode::backend::{Finish, Proposal};
+use cord_decode::io::{OutputMode, Problem, RecordWriter};
+use cord_decode::scripted::ScriptedBackend;
+use cord_decode::seed::{fnv1a64, splitmix64};
+use cord_decode::{Error, PoolConfig, Settings, run};
+
+/// A backend whose results are pseudo-random functions of the request alone.
+fn generative(k: usize) -> ScriptedBackend {
+    backend(k)
+        .with_propose_fn(|r| {
+            let h = splitmix64(r.seed ^ fnv1a64(r.reasoning.as_bytes()));
+            let words = 1 + (h % 7) as usize;
+            let text: String = (0..words)
+                .map(|i| format!(" w{}", (h >> (i * 4)) % 13))
+                .collect();
+            let steps = r.reasoning.matches("### Step").count();
+            let finish = match (h >> 40) % 10 {
+                _ if steps >= 6 => Finish::Stop("</think>".into()),
+                0 => Finish::Eos,
+                1 | 2 => Finish::Stop("</think>".into()),
+                3 => Finish::Length,
+                _ if r.stop.len() == 1 => Finish::Stop("</think>".into()),
+                _ => Finish::Stop("### Step".into()),
+            };
+            Some(Proposal::new(text, finish, words))
+        })
+        .with_score_fn(|r| {
+            Some(0.05 + 0.9 * (fnv1a64(r.context.as_bytes()) % 1000) as f64 / 1000.0)
+        })
+        .with_answer_fn(|r| {
+            let v = fnv1a64(r.reasoning.as_bytes()) % 3;
+            Some(Proposal::new(
+                format!("The final answer is \\boxed{{{v}}}."),
+                Finish::Eos,
+                8,
+            ))
+        })
+}
+
+fn problems(n: usize) -> Vec<Problem> {
+    (0..n)
+        .map(|i| problem(&format!("q{i}"), &format!("{}", i % 3)))
+        .collect()
+}
+
+fn run_to_file(
+    pool: &PoolConfig,
+    problems: Vec<Problem>,
+    path: &std::path::Path,
+    mode: OutputMode,
+) -> (ScriptedBackend, cord_decode::Summary) {
+    let settings = Settings::shared(pool).unwrap();
+    let (mut w, _) = RecordWriter::open(path, mode, &settings.fingerprint).unwrap();
+    let mut b = generative(pool.teachers.len());
+    let mut seen = Vec::new();
+    let summary = run(&mut b, &settings, problems, &mut w, &mut |p| {
+        seen.push((p.done, p.record.id.clone()))
+    })
+    .unwrap();
+    // Progress comes once per problem, in input order.
+    assert!(seen.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    (b, summary)
+}
+
+#[test]
+fn output_is_identical_whatever_problems_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["cord", "greedy", "curation", "mcts"] {
+        let mut outputs = Vec::new();
+        for pif in [1, 3, 16] {
+            let pool = pool(
+                3,
+                &format!(
+                    "method = \"{method}\"\nbeam_width = 2\nproblems_in_flight = {pif}\nsave_tree = true"
+                ),
+            );
+            let path = dir.path().join(format!("{method}-{pif}.jsonl"));
+            let (b, summary) = run_to_file(&pool, problems(7), &path, OutputMode::default());
+            assert_eq!(summary.problems, 7);
+            assert_eq!(summary.written, 7);
+            if pif > 1 {
+                // Requests of several problems travel in one backend call.
+                let mixed = b.propose_calls().iter().any(|c| {
+                    let qs: std::collections::HashSet<&str> =
+                        c.iter().map(|r| r.question.as_str()).collect();
+                    qs.len() > 1
+                });
+                assert!(mixed, "{method}: no batched call mixed problems");
+            }
+            outputs.push(std::fs::read(&path).unwrap());
+        }
+        assert_eq!(outputs[0], outputs[1], "{method}: 1 vs 3 in flight");
+        assert_eq!(outputs[0], outputs[2], "{method}: 1 vs 16 in flight");
+        let text = String::from_utf8(outputs[0].clone()).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            (0..7).map(|i| format!("q{i}")).collect::<Vec<_>>(),
+            "{method}: input order"
+        );
+    }
+}
+
+#[test]
+fn resume_after_a_torn_output_writes_every_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(2, "beam_width = 2\nproblems_in_flight = 2");
+    let full = dir.path().join("full.jsonl");
+    run_to_file(&pool, problems(5), &full, OutputMode::default());
+    let full_bytes = std::fs::read(&full).unwrap();
+
+    // Keep two records and half of the third: a torn last line.
+    let lines: Vec<&[u8]> = full_bytes.split_inclusive(|&b| b == b'\n').collect();
+    let mut torn = lines[0].to_vec();
+    torn.extend_from_slice(lines[1]);
+    torn.extend_from_slice(&lines[2][..lines[2].len() / 2]);
+    let part = dir.path().join("part.jsonl");
+    std::fs::write(&part, &torn).unwrap();
+
+    // Without --resume an existing output is refused.
+    let settings = Settings::shared(&pool).unwrap();
+    let err = RecordWriter::open(&part, OutputMode::default(), &settings.fingerprint).unwrap_err();
+    assert!(matches!(err, Error::OutputExists { .. }), "{err}");
+
+    let resume = OutputMode {
+        resume: true,
+        ..OutputMode::default()
+    };
+    let (mut w, info) = RecordWriter::open(&part, resume, &settings.fingerprint).unwrap();
+    assert_eq!(info.records, 2);
+    assert_eq!(info.truncated_bytes as usize, lines[2].len() / 2);
+    let todo: Vec<Problem> = problems(5)
+        .into_iter()
+        .filter(|p| !info.done.contains(&p.id))
+        .collect();
+    assert_eq!(todo.len(), 3);
+    let mut b = generative(2);
+    let summary = run(&mut b, &settings, todo, &mut w, &mut |_| {}).unwrap();
+    assert_eq!(summary.written, 3);
+    drop(w);
+    let resumed = std::fs::read(&part).unwrap();
+    assert_eq!(
+        resumed, full_bytes,
+        "resumed output equals an uninterrupted run"
+    );
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for l in String::from_utf8(resumed).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        *count
+            .entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(count.len(), 5);
+    assert!(count.values().all(|&n| n == 1));
+
+    // A second resume finds everything done and changes nothing.
+    let (_, info) = RecordWriter::open(&part, resume, &settings.fingerprint).unwrap();
+    assert_eq!(info.records, 5);
+    assert_eq!(info.truncated_bytes, 0);
+}
+
+#[test]
+fn resume_refuses_an_output_of_another_run_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_a = pool(2, "beam_width = 2");
+    let path = dir.path().join("out.jsonl");
+    run_to_file(&pool_a, problems(2), &path, OutputMode::default());
+    let pool_b = pool(2, "beam_width = 2\nseed = 7");
+    let fp_b = Settings::new(&pool_b).unwrap().fingerprint;
+    assert_ne!(fp_b, Settings::new(&pool_a).unwrap().fingerprint);
+    // problems_in_flight and save_tree do not change the fingerprint.
+    let pool_c = pool(
+        2,
+        "beam_width = 2\nproblems_in_flight = 5\nsave_tree = true",
+    );
+    assert_eq!(
+        Settings::new(&pool_c).unwrap().fingerprint,
+        Settings::new(&pool_a).unwrap().fingerprint
+    );
+
+    let resume = OutputMode {
+        resume: true,
+        ..OutputMode::default()
+    };
+    let err = RecordWriter::open(&path, resume, &fp_b).unwrap_err();
+    match err {
+        Error::ForeignOutput { line, .. } => assert_eq!(line, 1),
+        e => panic!("unexpected {e}"),
+    }
+    let forced = OutputMode {
+        resume: true,
+        force: true,
+        ..OutputMode::default()
+    };
+    let (_, info) = RecordWriter::open(&path, forced, &fp_b).unwrap();
+    assert_eq!(info.records, 2);
+    let overwrite = OutputMode {
+        overwrite: true,
+        ..OutputMode::default()
+    };
+    RecordWriter::open(&path, overwrite, &fp_b).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+}
+
+#[test]
+fn corrupt_middle_line_is_an_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(2, "beam_width = 2");
+    let path = dir.path().join("out.jsonl");
+    run_to_file(&pool, problems(3), &path, OutputMode::default());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[1] = "{not json".to_string();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let fp = Settings::new(&pool).unwrap().fingerprint;
+    let err = RecordWriter::open(
+        &path,
+        OutputMode {
+            resume: true,
+            ..OutputMode::default()
+        },
+        &fp,
+    )
+    .unwrap_err();
+    match err {
+        Error::CorruptOutput { line, .. } => assert_eq!(line, 2),
+        e => panic!("unexpected {e}"),
+    }
+}
+
+#[test]
+fn drop_incorrect_and_summary() {
+    let pool_all = pool(2, "beam_width = 2\nproblems_in_flight = 4");
+    let settings = Settings::shared(&pool_all).unwrap();
+    let mut b = generative(2);
+    let mut out = Vec::new();
+    let s = run(&mut b, &settings, problems(6), &mut out, &mut |_| {}).unwrap();
+    assert_eq!(s.written, 6);
+    let correct = out.iter().filter(|r| r.correct).count();
+    assert_eq!(s.correct, correct);
+    assert!((s.accuracy - correct as f64 / 6.0).abs() < 1e-12);
+    let mean: f64 = out.iter().map(|r| r.score).sum::<f64>() / 6.0;
+    assert!((s.mean_score - mean).abs() < 1e-12);
+    let toks: u64 = out
+        .iter()
+        .map(|r| r.stats.tokens_generated.values().sum::<u64>())
+        .sum();
+    assert_eq!(s.tokens_per_teacher.values().sum::<u64>(), toks);
+    assert!(out.iter().all(|r| r.stats.seconds.is_none()));
+
+    let pool_drop = pool(
+        2,
+        "beam_width = 2\nproblems_in_flight = 4\ndrop_incorrect = true",
+    );
+    let settings = Settings::shared(&pool_drop).unwrap();
+    let mut b = generative(2);
+    let mut kept = Vec::new();
+    let s = run(&mut b, &settings, problems(6), &mut kept, &mut |_| {}).unwrap();
+    assert_eq!(kept.len(), correct);
+    assert!(kept.iter().all(|r| r.correct));
+    assert_eq!(s.dropped, 6 - correct);
+}
+
+#[test]
+fn backend_with_other_teachers_is_refused() {
+    let pool = pool(2, "");
+    let settings = Settings::shared(&pool).unwrap();
+    let mut b = generative(3);
+    let err = run(&mut b, &settings, problems(1), &mut Vec::new(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("3 teachers"), "{err}");
+}

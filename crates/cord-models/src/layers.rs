@@ -1,0 +1,186 @@
+//! Building blocks: a linear layer over dense or quantized weights, RMS norm, RoPE tables.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use crate::config::{Activation, RopeScaling};
+use crate::error::Result;
+
+/// `y = x W^T (+ b)`, where `W` is a dense tensor or a quantized GGUF tensor.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(w: QMatMul, b: Option<Tensor>) -> Self {
+        Linear { w, b }
+    }
+
+    pub fn dense(w: Tensor, b: Option<Tensor>) -> Self {
+        Linear {
+            w: QMatMul::Tensor(w),
+            b,
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.w, QMatMul::QTensor(_))
+    }
+
+    /// `x`: `[.., in]` → `[.., out]`, in the dtype of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.w {
+            QMatMul::QTensor(_) => {
+                let dt = x.dtype();
+                let xf = x.to_dtype(DType::F32)?.contiguous()?;
+                self.w.forward(&xf)?.to_dtype(dt)?
+            }
+            QMatMul::Tensor(w) if w.dtype() != x.dtype() => {
+                QMatMul::Tensor(w.to_dtype(x.dtype())?).forward(x)?
+            }
+            _ => self.w.forward(x)?,
+        };
+        Ok(match &self.b {
+            None => y,
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+        })
+    }
+}
+
+/// RMS norm over the last dimension; the stored weight already includes any `1 +` offset.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(w: Tensor, eps: f64) -> Self {
+        RmsNorm { w, eps: eps as f32 }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(candle_nn::ops::rms_norm(&x, &self.w, self.eps)?)
+    }
+}
+
+pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => candle_nn::ops::silu(x)?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+    })
+}
+
+/// Inverse RoPE frequencies for `rotary_dim` dimensions and base `theta`, with scaling.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    interleaved: bool,
+    rotary_dim: usize,
+}
+
+impl Rope {
+    pub fn new(
+        rotary_dim: usize,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        interleaved: bool,
+    ) -> Self {
+        let base: Vec<f32> = (0..rotary_dim)
+            .step_by(2)
+            .map(|i| 1f32 / (theta as f32).powf(i as f32 / rotary_dim as f32))
+            .collect();
+        let inv_freq = match scaling {
+            None => base,
+            Some(RopeScaling::Linear { factor }) => {
+                base.into_iter().map(|f| f / *factor as f32).collect()
+            }
+            Some(RopeScaling::FreqFactors(ff)) => base
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| f / ff.get(i).copied().unwrap_or(1.0))
+                .collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let factor = *factor as f32;
+                let (lo, hi) = (*low_freq_factor as f32, *high_freq_factor as f32);
+                let omax = *original_max_position_embeddings as f32;
+                let low_freq_wavelen = omax / lo;
+                let high_freq_wavelen = omax / hi;
+                base.into_iter()
+                    .map(|freq| {
+                        let wavelen = 2. * std::f32::consts::PI / freq;
+                        if wavelen < high_freq_wavelen {
+                            freq
+                        } else if wavelen > low_freq_wavelen {
+                            freq / factor
+                        } else {
+                            let smooth = (omax / wavelen - lo) / (hi - lo);
+                            (1. - smooth) * freq / factor + smooth * freq
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Rope {
+            inv_freq,
+            interleaved,
+            rotary_dim,
+        }
+    }
+
+    /// cos/sin tables `[T, rotary_dim/2]` for the given absolute positions.
+    pub fn cos_sin(&self, positions: &[u32], device: &Device, dtype: DType) -> Result<CosSin> {
+        let half = self.inv_freq.len();
+        let mut freqs = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            let p = p as f32;
+            freqs.extend(self.inv_freq.iter().map(|f| p * f));
+        }
+        let freqs = Tensor::from_vec(freqs, (positions.len(), half), device)?;
+        Ok(CosSin {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            interleaved: self.interleaved,
+            rotary_dim: self.rotary_dim,
+        })
+    }
+}
+
+/// Per-token RoPE tables of one forward call.
+#[derive(Debug, Clone)]
+pub struct CosSin {
+    cos: Tensor,
+    sin: Tensor,
+    interleaved: bool,
+    rotary_dim: usize,
+}
+
+impl CosSin {
+    /// `x`: `[1, heads, T, head_dim]` contiguous; rotates the first `rotary_dim` dims.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)?;
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            Ok(if self.interleaved {
+                candle_nn::rotary_emb::rope_i(x, &self.cos, &self.sin)?
+            } else {
+                candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)?
+            })
+        };
+        if self.rotary_dim == head_dim {
+            rope(&x.contiguous()?)
+        } else {
+            let rot = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Ok(Tensor::cat(&[&rope(&rot)?, &pass], D::Minus1)?.contiguous()?)
+        }
+    }
+}

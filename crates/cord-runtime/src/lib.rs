@@ -1,0 +1,18 @@
+//! cord-runtime: building blocks of the inference engine.
+//!
+//! * [`sampling`]: per-sequence seeded sampling from one logits row.
+//! * [`stop`]: incremental detokenization and stop detection (EOS ids, stop strings, max tokens).
+//! * [`chat`]: a model's own Jinja chat template, with CoRD's raw assistant prefill.
+//! * [`engine`]: several models with paged KV and prefix caches; batched generation and scoring.
+//! * [`logprob`]: the fused token log-prob custom op (CPU; CUDA behind the `cuda` feature).
+
+pub mod chat;
+pub mod engine;
+pub mod logprob;
+pub mod sampling;
+pub mod stop;
+
+pub use chat::{ChatError, ChatTemplate};
+pub use logprob::{TokenLogprob, token_logprobs};
+pub use sampling::{Sampler, SamplingError, SamplingParams};
+pub use stop::{FinishReason, Finished, StepOutput, StopChecker, StopConfig, StopError, StopMatch};

@@ -1,0 +1,253 @@
+//! The fused token log-prob op: `out[i] = log_softmax(logits[i, :])[targets[i]]`.
+//!
+//! `logits` is `[N, V]` in f32, f16 or bf16, `targets` is `[N]` u32; the result is `[N]` f32. Each
+//! row is reduced in one pass over its max and log-sum-exp with f32 accumulation, without
+//! materialising the softmax (the unfused `log_softmax` + `gather` path allocates several `N x V`
+//! f32 tensors).
+//!
+//! * CPU (`cpu_fwd`): per row, a max pass then a sum-of-exp pass; 16-bit inputs are widened element
+//!   by element, never as a whole `N x V` copy.
+//! * CUDA (`cuda_fwd`, feature `cuda`): the kernel in `kernels/token_logprob.cu`, compiled at run time
+//!   with NVRTC (once per process), loaded with `get_or_load_custom_func` and launched on candle's
+//!   stream: one block of 256 threads per row with an online (max, sum) reduction.
+//!
+//! Both compute `(x[t] - max) - ln(sum_j exp(x[j] - max))`, the same association as
+//! `candle_nn::ops::log_softmax`, so a huge max does not swallow the log term. NaN in a row gives
+//! NaN, as does a row that is all `-inf` or contains `+inf` (as in the unfused path). A target id
+//! `>= V` is an error on the CPU and NaN on the GPU (the kernel cannot raise errors).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+
+/// The custom op; apply it with [`token_logprobs`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenLogprob;
+
+/// `log_softmax(logits[i, :])[targets[i]]` for every row `i`: logits `[N, V]` (f32/f16/bf16),
+/// targets `[N]` u32, result `[N]` f32 on the logits' device.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2_no_bwd(&targets.contiguous()?, &TokenLogprob)
+}
+
+/// Lanes of independent partial sums: shorter dependency chains (vectorisable) and a smaller
+/// rounding error than one running sum.
+const LANES: usize = 8;
+
+/// One row: `(x[t] - m) - ln(sum exp(x - m))`, reading elements through `f`.
+fn row_logprob<T: Copy>(row: &[T], target: usize, f: impl Fn(T) -> f32) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    let mut nan = false;
+    for &e in row {
+        let y = f(e);
+        if y > m {
+            m = y;
+        } else if y.is_nan() {
+            nan = true;
+        }
+    }
+    if nan {
+        return f32::NAN;
+    }
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &e) in acc.iter_mut().zip(c) {
+            *a += (f(e) - m).exp();
+        }
+    }
+    for (a, &e) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += (f(e) - m).exp();
+    }
+    let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    (f(row[target]) - m) - sum.ln()
+}
+
+fn rows_logprob<T: Copy>(
+    x: &[T],
+    ids: &[u32],
+    v: usize,
+    f: impl Fn(T) -> f32 + Copy,
+) -> Result<Vec<f32>> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let t = t as usize;
+            if t >= v {
+                bail!("token-logprob: target id {t} of row {i} is out of range for vocab size {v}")
+            }
+            Ok(row_logprob(&x[i * v..(i + 1) * v], t, f))
+        })
+        .collect()
+}
+
+fn check_shapes(l1: &Layout, l2: &Layout) -> Result<(usize, usize)> {
+    let (n, v) = l1.shape().dims2()?;
+    let m = l2.shape().dims1()?;
+    if m != n {
+        bail!("token-logprob: {n} logits rows but {m} targets")
+    }
+    if v == 0 && n > 0 {
+        bail!("token-logprob: empty vocabulary dimension")
+    }
+    Ok((n, v))
+}
+
+impl CustomOp2 for TokenLogprob {
+    fn name(&self) -> &'static str {
+        "token-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = check_shapes(l1, l2)?;
+        let (Some((o1, e1)), Some((o2, e2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("token-logprob: inputs must be contiguous")
+        };
+        if e1 - o1 != n * v || e2 - o2 != n {
+            bail!("token-logprob: unexpected storage extent")
+        }
+        let ids = match s2 {
+            CpuStorage::U32(t) => &t[o2..e2],
+            other => bail!(
+                "token-logprob: targets must be u32, got {:?}",
+                other.dtype()
+            ),
+        };
+        let out = match s1 {
+            CpuStorage::F32(x) => rows_logprob(&x[o1..e1], ids, v, |y| y)?,
+            CpuStorage::BF16(x) => rows_logprob(&x[o1..e1], ids, v, |y| y.to_f32())?,
+            CpuStorage::F16(x) => rows_logprob(&x[o1..e1], ids, v, |y| y.to_f32())?,
+            other => bail!(
+                "token-logprob: unsupported logits dtype {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::DType;
+        use candle_core::cuda_backend::WrapErr;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        let (n, v) = check_shapes(l1, l2)?;
+        let (Some((o1, _)), Some((o2, _))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("token-logprob: inputs must be contiguous")
+        };
+        if s2.dtype() != DType::U32 {
+            bail!("token-logprob: targets must be u32, got {:?}", s2.dtype())
+        }
+        let Ok(v_i32) = i32::try_from(v) else {
+            bail!("token-logprob: vocab size {v} too large")
+        };
+        let Ok(n_u32) = u32::try_from(n) else {
+            bail!("token-logprob: {n} rows too many")
+        };
+        let dev = s1.device().clone();
+        if n == 0 {
+            let out = dev.alloc_zeros::<f32>(0)?;
+            return Ok((
+                candle_core::CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from(0),
+            ));
+        }
+        let ptx = ptx()?;
+        let ids = s2.as_cuda_slice::<u32>()?.slice(o2..);
+        let out = unsafe { dev.alloc::<f32>(n) }?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        macro_rules! go {
+            ($t:ty, $f:literal) => {{
+                let x = s1.as_cuda_slice::<$t>()?.slice(o1..);
+                let func = dev.get_or_load_custom_func($f, "token_logprob", ptx)?;
+                let mut b = func.builder();
+                b.arg(&x);
+                b.arg(&ids);
+                b.arg(&out);
+                b.arg(&v_i32);
+                unsafe { b.launch(cfg) }.w()?;
+            }};
+        }
+        match s1.dtype() {
+            DType::F32 => go!(f32, "token_logprob_f32"),
+            DType::BF16 => go!(half::bf16, "token_logprob_bf16"),
+            DType::F16 => go!(half::f16, "token_logprob_f16"),
+            dt => bail!("token-logprob: unsupported logits dtype {dt:?}"),
+        }
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from(n),
+        ))
+    }
+}
+
+/// The kernel source, compiled by NVRTC on first use.
+#[cfg(feature = "cuda")]
+const SRC: &str = include_str!("../../../kernels/token_logprob.cu");
+
+#[cfg(feature = "cuda")]
+fn ptx() -> Result<&'static str> {
+    use std::sync::OnceLock;
+    static PTX: OnceLock<String> = OnceLock::new();
+    if let Some(p) = PTX.get() {
+        return Ok(p);
+    }
+    let opts = candle_core::cuda_backend::cudarc::nvrtc::CompileOptions {
+        arch: Some("sm_90"),
+        ..Default::default()
+    };
+    let p = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx_with_opts(SRC, opts)
+        .map_err(|e| candle_core::Error::Msg(format!("nvrtc: {e:?}")))?;
+    Ok(PTX.get_or_init(|| p.to_src()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_reference_matches_f64() {
+        let row: Vec<f32> = (0..1001)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 6.0)
+            .collect();
+        for t in [0usize, 17, 1000] {
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+            let want = (row[t] as f64 - m) - s.ln();
+            let got = row_logprob(&row, t, |y| y);
+            assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn special_rows() {
+        assert!(row_logprob(&[1.0f32, f32::NAN, 2.0], 0, |y| y).is_nan());
+        assert!(row_logprob(&[f32::NEG_INFINITY; 3], 1, |y| y).is_nan());
+        assert_eq!(
+            row_logprob(&[0.0f32, f32::NEG_INFINITY], 1, |y| y),
+            f32::NEG_INFINITY
+        );
+        assert_eq!(row_logprob(&[5.0f32], 0, |y| y), 0.0);
+        // A huge max must not swallow the log term: two equal maxima give ln(1/2).
+        let v = row_logprob(&[3e38f32, 3e38, -3e38], 0, |y| y);
+        assert!((v - 0.5f32.ln()).abs() < 1e-6, "{v}");
+    }
+}
