@@ -5,8 +5,8 @@
 //! in a small reorder buffer until every earlier problem is written). A search's content depends
 //! only on its own requests and results (seeds are per request, O-6), so with a backend whose
 //! results depend only on the request the output is byte-identical whatever
-//! `problems_in_flight` is — except `stats.seconds` and `stats.prefix_tokens_reused` (turn
-//! timing off with `record_timing = false`). To bound the buffer, problem `i` is started only
+//! `problems_in_flight` is — except `stats.seconds` and `stats.prefix_tokens_reused` (both left
+//! out with `record_timing = false`). To bound the buffer, problem `i` is started only
 //! while `i < first unwritten + 4 × problems_in_flight`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -189,7 +189,7 @@ pub fn run(
                 *summary.tokens_per_teacher.entry(t.clone()).or_default() += n;
             }
             summary.tokens_scored += rec.stats.tokens_scored;
-            summary.prefix_tokens_reused += rec.stats.prefix_tokens_reused;
+            summary.prefix_tokens_reused += rec.stats.prefix_tokens_reused.unwrap_or(0);
             progress(&Progress {
                 done,
                 total,

@@ -200,8 +200,10 @@ pub struct RecordStats {
     pub tokens_scored: u64,
     pub score_requests: u64,
     pub propose_requests: u64,
-    /// Prompt tokens reused from prefix caches, as reported by the backend.
-    pub prefix_tokens_reused: u64,
+    /// Prompt tokens reused from prefix caches, as reported by the backend. It depends on what
+    /// else was in flight, so like `seconds` it is left out with `record_timing = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_tokens_reused: Option<u64>,
     /// Wall-clock seconds from start to finish (absent with `record_timing = false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,

@@ -519,7 +519,7 @@ pub(crate) fn build_record(
             tokens_scored: stats.scored,
             score_requests: stats.score_requests,
             propose_requests: stats.propose_requests,
-            prefix_tokens_reused: stats.reused,
+            prefix_tokens_reused: s.record_timing.then_some(stats.reused),
             seconds: s.record_timing.then(|| started.elapsed().as_secs_f64()),
         },
         tree,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -285,6 +285,10 @@ impl WeightSource {
     }
 
     /// A linear layer `prefix.weight` `[out, in]` (+ `prefix.bias` `[out]`).
+    ///
+    /// On the CPU, GGUF types without a SIMD kernel in candle (Q4_1, Q5_0, Q5_1) are re-quantized
+    /// to Q8_0 at load: about 3× faster matmuls for ~50% more weight memory, and Q8_0 holds the
+    /// 4/5-bit values almost exactly.
     pub fn linear(
         &self,
         prefix: &str,
@@ -297,7 +301,7 @@ impl WeightSource {
         let wname = format!("{prefix}.weight");
         let w = match self {
             WeightSource::Gguf { dequantize, .. } => {
-                let qt = self.qtensor(&wname, &[out, inp], device)?;
+                let qt = cpu_fast_qtensor(self.qtensor(&wname, &[out, inp], device)?, device)?;
                 if *dequantize {
                     QMatMul::Tensor(qt.dequantize(device)?.to_dtype(dtype)?)
                 } else {
@@ -316,4 +320,18 @@ impl WeightSource {
         };
         Ok(Linear::new(w, b))
     }
+}
+
+/// Re-quantizes, on the CPU, weight types whose candle matmul has no SIMD kernel to Q8_0.
+fn cpu_fast_qtensor(qt: QTensor, device: &Device) -> Result<QTensor> {
+    let slow = matches!(
+        qt.dtype(),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    );
+    let cols = qt.shape().dims().last().copied().unwrap_or(0);
+    if !device.is_cpu() || !slow || cols % GgmlDType::Q8_0.block_size() != 0 {
+        return Ok(qt);
+    }
+    let f = qt.dequantize(device)?;
+    Ok(QTensor::quantize(&f, GgmlDType::Q8_0)?)
 }

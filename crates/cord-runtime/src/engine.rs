@@ -364,7 +364,14 @@ impl Engine {
         let m = self.model_mut(id)?;
         let t0 = Instant::now();
         let out = m.generate(reqs, on_text);
-        m.stats.generate_seconds += t0.elapsed().as_secs_f64();
+        let secs = t0.elapsed().as_secs_f64();
+        m.stats.generate_seconds += secs;
+        if let Ok(o) = &out {
+            let toks: usize = o.iter().map(|g| g.completion_tokens).sum();
+            let reused: usize = o.iter().map(|g| g.reused_tokens).sum();
+            let prompt: usize = o.iter().map(|g| g.prompt_tokens).sum();
+            tracing::debug!(model = %m.name, requests = reqs.len(), prompt, reused, generated = toks, secs, "generate");
+        }
         out
     }
 
@@ -373,7 +380,13 @@ impl Engine {
         let m = self.model_mut(id)?;
         let t0 = Instant::now();
         let out = m.score(reqs);
-        m.stats.score_seconds += t0.elapsed().as_secs_f64();
+        let secs = t0.elapsed().as_secs_f64();
+        m.stats.score_seconds += secs;
+        if let Ok(o) = &out {
+            let ctx: usize = o.iter().map(|s| s.context_tokens).sum();
+            let reused: usize = o.iter().map(|s| s.reused_tokens).sum();
+            tracing::debug!(model = %m.name, requests = reqs.len(), context = ctx, reused, secs, "score");
+        }
         out
     }
 }
@@ -391,6 +404,9 @@ struct Active {
     finish: Option<Finish>,
     /// Final text and how many generated tokens it spans, once finished.
     done: Option<Finished>,
+    /// Preempted for lack of KV blocks: not re-admitted while others run until one finishes
+    /// (re-admitting at once would only preempt it again).
+    blocked: bool,
 }
 
 impl EngineModel {
@@ -483,6 +499,7 @@ impl EngineModel {
                     None
                 },
                 done: None,
+                blocked: false,
             });
         }
         self.run_generation(&mut act, on_text)?;
@@ -540,9 +557,13 @@ impl EngineModel {
                 let held = a.seq.map(|s| self.kv.seq_len(s).unwrap_or(0)).unwrap_or(0);
                 (a.tokens.len() - held > 1, a.req)
             });
+            let any_running = act.iter().any(|a| a.seq.is_some() && a.finish.is_none());
             for &i in &order {
                 if budget == 0 {
                     break;
+                }
+                if act[i].seq.is_none() && act[i].blocked && any_running {
+                    continue;
                 }
                 if act[i].seq.is_none() {
                     let (seq, cached) = self.attach(&act[i].tokens.clone(), 1)?;
@@ -615,10 +636,15 @@ impl EngineModel {
                 }
             }
             // Finished sequences leave: keep what they computed in the prefix cache.
+            let mut released = false;
             for &(i, _, _) in &batch {
                 if act[i].finish.is_some() {
                     self.release(&mut act[i])?;
+                    released = true;
                 }
+            }
+            if released {
+                act.iter_mut().for_each(|a| a.blocked = false);
             }
         }
         for a in act.iter_mut() {
@@ -670,6 +696,7 @@ impl EngineModel {
             .max_by_key(|&&i| act[i].req)
             .expect("non-empty");
         let seq = act[victim].seq.take().expect("running");
+        act[victim].blocked = true;
         self.kv
             .insert_prefix(seq)
             .map_err(|e| model_err(&self.name, e))?;
@@ -723,10 +750,12 @@ impl EngineModel {
         }
         let mut outs: Vec<Option<ScoreOutput>> = vec![None; jobs.len()];
         let mut next = 0;
+        // Shrinks (for this call only) when the KV pool cannot hold a group.
+        let mut group_budget = self.max_batch_tokens;
         while next < jobs.len() {
             // One forward over as many jobs as fit the token budget (at least one).
             let mut group = Vec::new();
-            let mut budget = self.max_batch_tokens;
+            let mut budget = group_budget;
             while next < jobs.len() {
                 let j = &mut jobs[next];
                 let (seq, cached) = {
@@ -769,7 +798,7 @@ impl EngineModel {
                     if is_out_of_blocks(&e) && group.len() > 1 {
                         // Retry with a smaller group: half the budget.
                         next = group[0];
-                        self.max_batch_tokens = (self.max_batch_tokens / 2).max(1);
+                        group_budget = (group_budget / 2).max(1);
                         continue;
                     }
                     return Err(model_err(&self.name, e));
