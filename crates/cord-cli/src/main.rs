@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest};
 use cord_runtime::sampling::SamplingParams;
 
+mod bench;
+mod synth;
+
 #[derive(Parser)]
 #[command(
     name = "cord",
@@ -26,6 +29,12 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Teacher-forced log-probs of a continuation after a context.
     Score(ScoreArgs),
+    /// Synthesize reasoning trajectories for a problems file with a teacher pool.
+    Synth(synth::SynthArgs),
+    /// Fetch the small demo models if missing and run CoRD on a few GSM8K problems.
+    Demo(synth::DemoArgs),
+    /// Throughput and memory benchmarks (decode, beam, score, synth).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -134,6 +143,9 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Generate(a) => generate(a),
         Cmd::Score(a) => score(a),
+        Cmd::Synth(a) => synth::synth(a),
+        Cmd::Demo(a) => synth::demo(a),
+        Cmd::Bench(a) => bench::bench(a),
     };
     match res {
         Ok(code) => code,

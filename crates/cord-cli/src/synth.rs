@@ -1,0 +1,409 @@
+//! `cord synth` and `cord demo`: a pool of teachers over a problems file, records as JSONL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use cord_decode::config::{Method, PoolConfig, SearchOverrides};
+use cord_decode::engine_backend::{BackendOptions, EngineBackend};
+use cord_decode::io::{OutputMode, Problem, RecordWriter, parse_problems, read_problems};
+use cord_decode::{Progress, Settings, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Pool file (TOML): teachers, scorer, search settings.
+    #[arg(long)]
+    pool: PathBuf,
+    /// Problems, one JSON object per line (`id`, `question`, `answer`).
+    #[arg(long)]
+    input: PathBuf,
+    /// Records, one JSON object per line.
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Flags shared by `synth` and `demo`; each overrides the pool file.
+#[derive(Args, Clone, Default)]
+pub struct RunArgs {
+    /// cord | greedy | curation | mcts
+    #[arg(long)]
+    method: Option<String>,
+    #[arg(long)]
+    beam_width: Option<usize>,
+    #[arg(long)]
+    think_budget: Option<usize>,
+    #[arg(long)]
+    answer_budget: Option<usize>,
+    #[arg(long)]
+    max_step_tokens: Option<usize>,
+    #[arg(long)]
+    problems_in_flight: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Only the first N problems of the input.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Skip ids already complete in the output (a torn last line is dropped).
+    #[arg(long)]
+    resume: bool,
+    /// Replace an existing output file.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Resume into an output written with another pool or method.
+    #[arg(long)]
+    force: bool,
+    /// Record every candidate of every step (for `cord report`).
+    #[arg(long)]
+    save_tree: bool,
+    /// Leave wall-clock seconds out of the records (byte-identical reruns).
+    #[arg(long)]
+    no_timing: bool,
+    /// Run every model on this device instead of the pool's (`cpu`, `cuda:N`).
+    #[arg(long)]
+    device: Option<String>,
+    /// KV cache memory per model, MiB.
+    #[arg(long, default_value_t = 2048)]
+    kv_mib: u64,
+    /// Write the run summary (and per-model engine counters) as JSON here.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_method(s: &str) -> Result<Method> {
+    for m in [Method::Cord, Method::Greedy, Method::Curation, Method::Mcts] {
+        if m.as_str().eq_ignore_ascii_case(s) {
+            return Ok(m);
+        }
+    }
+    bail!("unknown method `{s}` (expected cord, greedy, curation or mcts)")
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Result<SearchOverrides> {
+        Ok(SearchOverrides {
+            method: self.method.as_deref().map(parse_method).transpose()?,
+            beam_width: self.beam_width,
+            think_budget: self.think_budget,
+            answer_budget: self.answer_budget,
+            max_step_tokens: self.max_step_tokens,
+            problems_in_flight: self.problems_in_flight,
+            seed: self.seed,
+            save_tree: self.save_tree.then_some(true),
+            record_timing: self.no_timing.then_some(false),
+            ..SearchOverrides::default()
+        })
+    }
+}
+
+/// Expands `${CORD_MODELS}` (default `~/.cache/cord/models`), `$HOME` and a leading `~/` in a
+/// model spec, so that pool files can name the fetched small models portably.
+pub fn expand_spec(spec: &str) -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let models = models_dir().to_string_lossy().into_owned();
+    let mut s = spec
+        .replace("${CORD_MODELS}", &models)
+        .replace("$CORD_MODELS", &models);
+    s = s.replace("${HOME}", &home).replace("$HOME", &home);
+    if let Some(rest) = s.strip_prefix("~/") {
+        s = format!("{home}/{rest}");
+    }
+    s
+}
+
+/// Where `scripts/fetch-models.sh` puts the small models.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("CORD_MODELS") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".cache/cord/models"),
+    }
+}
+
+fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
+    let mut pool = PoolConfig::from_file(path)?;
+    pool.apply_overrides(&run.overrides()?)?;
+    for t in &mut pool.teachers {
+        t.model = expand_spec(&t.model);
+    }
+    if let Some(m) = &pool.scorer.model {
+        pool.scorer.model = Some(expand_spec(m));
+    }
+    pool.validate()?;
+    Ok(pool)
+}
+
+pub fn synth(a: SynthArgs) -> Result<ExitCode> {
+    let pool = load_pool(&a.pool, &a.run)?;
+    let problems = read_problems(&a.input)?;
+    run_pool(&pool, problems, &a.output, &a.run).map(|_| ExitCode::SUCCESS)
+}
+
+/// Loads the pool, runs every (not yet done) problem and prints the summary.
+fn run_pool(
+    pool: &PoolConfig,
+    mut problems: Vec<Problem>,
+    output: &Path,
+    run: &RunArgs,
+) -> Result<Summary> {
+    if let Some(n) = run.limit {
+        problems.truncate(n);
+    }
+    let settings = Settings::shared(pool)?;
+    let mode = OutputMode {
+        resume: run.resume,
+        overwrite: run.overwrite,
+        force: run.force,
+    };
+    let (mut writer, info) = RecordWriter::open(output, mode, &pool.fingerprint())?;
+    if info.records > 0 || info.truncated_bytes > 0 {
+        eprintln!(
+            "resuming {}: {} records complete{}",
+            output.display(),
+            info.records,
+            if info.truncated_bytes > 0 {
+                format!(
+                    ", dropped a torn last line of {} bytes",
+                    info.truncated_bytes
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let total_input = problems.len();
+    problems.retain(|p| !info.done.contains(&p.id));
+    if problems.is_empty() {
+        eprintln!(
+            "nothing to do: all {total_input} problems are already in {}",
+            output.display()
+        );
+        return Ok(Summary::default());
+    }
+
+    let t_load = Instant::now();
+    let spinner = (!run.quiet).then(|| {
+        let s = ProgressBar::new_spinner();
+        s.set_message(format!("loading {} teacher(s)", pool.teachers.len()));
+        s.enable_steady_tick(std::time::Duration::from_millis(200));
+        s
+    });
+    let opts = BackendOptions {
+        kv_memory: run.kv_mib << 20,
+        device_override: run.device.clone(),
+        ..BackendOptions::default()
+    };
+    let mut backend = EngineBackend::from_pool(pool, &opts)?;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    eprintln!("models loaded in {:.1}s", t_load.elapsed().as_secs_f64());
+
+    let bar = if run.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(problems.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} problems [{elapsed_precise}] {msg}")
+            .expect("static template"),
+    );
+    let started = Instant::now();
+    let mut steps = 0usize;
+    let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
+    let mut on_progress = |p: &Progress<'_>| {
+        steps += p.record.steps.len();
+        for (k, v) in &p.record.stats.tokens_generated {
+            *tokens.entry(k.clone()).or_default() += v;
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let per_teacher: Vec<String> = tokens
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1} tok/s", *v as f64 / secs))
+            .collect();
+        bar.set_position(p.done as u64);
+        bar.set_message(format!(
+            "correct {}/{} | {:.2} steps/s | {}",
+            p.correct,
+            p.done,
+            steps as f64 / secs,
+            per_teacher.join(", ")
+        ));
+    };
+    bar.tick();
+    let summary = cord_decode::run(
+        &mut backend,
+        &settings,
+        problems,
+        &mut writer,
+        &mut on_progress,
+    )?;
+    bar.finish_and_clear();
+    print_summary(&summary, &backend, output);
+    if let Some(path) = &run.stats {
+        let v = serde_json::json!({ "summary": summary, "models": backend.model_stats() });
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
+    println!(
+        "{} problems, {} correct ({:.1}%), mean score {:.3}, {:.1} steps/problem, {:.1}s ({:.1}s/problem)",
+        s.problems,
+        s.correct,
+        100.0 * s.accuracy,
+        s.mean_score,
+        s.mean_steps,
+        s.seconds,
+        s.seconds / s.problems.max(1) as f64
+    );
+    for (name, toks) in &s.tokens_per_teacher {
+        println!(
+            "  teacher {name}: {toks} tokens generated ({:.1} tok/s)",
+            *toks as f64 / s.seconds.max(1e-9)
+        );
+    }
+    for (name, m) in backend.model_stats() {
+        let reuse = if m.prompt_tokens > 0 {
+            100.0 * m.reused_tokens as f64 / m.prompt_tokens as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  model {}: {} prompt tokens ({:.0}% from the prefix cache), {} computed, {} generated, {} scored; generate {:.1}s, score {:.1}s",
+            short_name(&name),
+            m.prompt_tokens,
+            reuse,
+            m.computed_tokens,
+            m.generated_tokens,
+            m.scored_tokens,
+            m.generate_seconds,
+            m.score_seconds
+        );
+    }
+    println!("records: {}", output.display());
+}
+
+fn short_name(spec: &str) -> String {
+    let p = Path::new(spec);
+    match (p.file_name(), p.parent().and_then(|d| d.file_name())) {
+        (Some(f), Some(d)) if f == "model.gguf" => d.to_string_lossy().into_owned(),
+        (Some(f), _) => f.to_string_lossy().into_owned(),
+        _ => spec.to_string(),
+    }
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Number of GSM8K problems (from the start of data/gsm8k.jsonl).
+    #[arg(long, default_value_t = 5)]
+    problems: usize,
+    /// Pool file (default: the repository's models/demo.toml).
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    #[arg(long, default_value = "demo-traces.jsonl")]
+    output: PathBuf,
+    /// Do not run scripts/fetch-models.sh when models are missing.
+    #[arg(long)]
+    no_fetch: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const GSM8K: &str = include_str!("../../../data/gsm8k.jsonl");
+
+pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
+    let pool_path = a
+        .pool
+        .clone()
+        .unwrap_or_else(|| Path::new(REPO).join("models/demo.toml"));
+    if a.run.limit.is_none() {
+        a.run.limit = Some(a.problems);
+    }
+    if !a.run.resume {
+        a.run.overwrite = true;
+    }
+    let mut pool = load_pool(&pool_path, &a.run)?;
+    let missing: Vec<String> = pool
+        .teachers
+        .iter()
+        .map(|t| t.model.clone())
+        .chain(pool.scorer.model.clone())
+        .filter(|m| {
+            (m.contains('/') || m.ends_with(".gguf"))
+                && !Path::new(m).exists()
+                && m.starts_with('/')
+        })
+        .collect();
+    if !missing.is_empty() {
+        if a.no_fetch {
+            bail!(
+                "models missing: {} (run scripts/fetch-models.sh)",
+                missing.join(", ")
+            );
+        }
+        let script = Path::new(REPO).join("scripts/fetch-models.sh");
+        eprintln!(
+            "fetching the demo models into {} ...",
+            models_dir().display()
+        );
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(models_dir())
+            .status()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+        pool = load_pool(&pool_path, &a.run)?;
+    }
+    let problems = parse_problems(GSM8K, "data/gsm8k.jsonl")?;
+    let t0 = Instant::now();
+    let summary = run_pool(&pool, problems, &a.output, &a.run)?;
+    // Per-problem view of what was written.
+    let text = std::fs::read_to_string(&a.output)
+        .with_context(|| format!("reading {}", a.output.display()))?;
+    println!();
+    for line in text.lines() {
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let teachers: Vec<&str> = r["steps"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|x| x["teacher"].as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{} {:<12} gt {:>6}  predicted {:>8}  score {:.3}  steps by [{}], answer by {}",
+            if r["correct"].as_bool() == Some(true) {
+                "✓"
+            } else {
+                "✗"
+            },
+            r["id"].as_str().unwrap_or("?"),
+            r["answer"].as_str().unwrap_or("?"),
+            r["predicted"].as_str().unwrap_or("-"),
+            r["score"].as_f64().unwrap_or(f64::NAN),
+            teachers.join(", "),
+            r["answer_teacher"].as_str().unwrap_or("?")
+        );
+    }
+    println!(
+        "\ndemo: {}/{} correct in {:.0}s; traces in {}",
+        summary.correct,
+        summary.problems,
+        t0.elapsed().as_secs_f64(),
+        a.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
