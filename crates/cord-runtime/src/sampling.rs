@@ -157,11 +157,29 @@ impl Sampler {
             let floor = (self.params.min_p as f64).ln();
             cands.retain(|c| c.1 - max >= floor);
         }
+        let total: f64 = cands.iter().map(|c| (c.1 - max).exp()).sum();
+        let target = self.params.top_p as f64 * total;
+        if self.params.top_p < 1.0 {
+            // Only candidates at least as likely as some threshold θ can be in the top-p prefix
+            // when the mass of those ≥ θ already reaches the target: sort just those (the prefix
+            // and its sums are exactly the ones a full sort gives), not a whole 150k vocabulary.
+            let mut theta = 1.0 / 1024.0;
+            while theta > 1e-300 {
+                let mass: f64 = cands
+                    .iter()
+                    .map(|c| (c.1 - max).exp())
+                    .filter(|&p| p >= theta)
+                    .sum();
+                if mass >= target {
+                    cands.retain(|c| (c.1 - max).exp() >= theta);
+                    break;
+                }
+                theta /= 64.0;
+            }
+        }
         cands.sort_unstable_by(rank);
         let mut probs: Vec<f64> = cands.iter().map(|c| (c.1 - max).exp()).collect();
-        let total: f64 = probs.iter().sum();
         if self.params.top_p < 1.0 {
-            let target = self.params.top_p as f64 * total;
             let mut acc = 0.0;
             let mut keep = probs.len();
             for (i, p) in probs.iter().enumerate() {
@@ -211,6 +229,65 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Top-p by sorting the whole vocabulary (the definition) with the sampler's next uniform.
+    fn full_sort_top_p(s: &mut Sampler, logits: &[f32]) -> u32 {
+        let inv_t = 1.0 / s.params.temperature as f64;
+        let mut c: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, x as f64 * inv_t))
+            .collect();
+        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let max = c[0].1;
+        let mut p: Vec<f64> = c.iter().map(|x| (x.1 - max).exp()).collect();
+        let target = s.params.top_p as f64 * p.iter().sum::<f64>();
+        let mut acc = 0.0;
+        let keep = p.iter().position(|&q| {
+            acc += q;
+            acc >= target
+        });
+        p.truncate(keep.map_or(p.len(), |k| k + 1));
+        let u = s.uniform() * p.iter().sum::<f64>();
+        let mut acc = 0.0;
+        for (x, q) in c.iter().zip(&p) {
+            acc += q;
+            if u < acc {
+                return x.0;
+            }
+        }
+        c[p.len() - 1].0
+    }
+
+    #[test]
+    fn thresholded_top_p_equals_a_full_sort() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..40 {
+            let v = 500 + case * 97;
+            // Peaked, flat and in-between distributions.
+            let scale = [0.1, 1.0, 4.0, 12.0][case % 4];
+            let logits: Vec<f32> = (0..v).map(|_| (next() * scale) as f32).collect();
+            for top_p in [0.5f32, 0.9, 0.95, 0.999] {
+                let params = SamplingParams {
+                    temperature: 0.7,
+                    top_p,
+                    top_k: 0,
+                    min_p: 0.0,
+                };
+                let mut a = Sampler::new(params, case as u64).unwrap();
+                let mut b = Sampler::new(params, case as u64).unwrap();
+                for _ in 0..20 {
+                    assert_eq!(a.sample(&logits).unwrap(), full_sort_top_p(&mut b, &logits));
+                }
+            }
+        }
+    }
 
     fn softmax(xs: &[f32], t: f64) -> Vec<f64> {
         let m = xs
