@@ -251,3 +251,74 @@ mod tests {
         assert!((v - 0.5f32.ln()).abs() < 1e-6, "{v}");
     }
 }
+
+/// The CUDA kernel against `cpu_fwd` (runs only in a `cuda` build on a host with a GPU; without
+/// one it returns early, since `Device::new_cuda` fails).
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 20.0 - 10.0) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cuda_matches_cpu() -> Result<()> {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("no usable CUDA device; skipping");
+            return Ok(());
+        };
+        for (n, v) in [
+            (1usize, 1usize),
+            (3, 255),
+            (7, 257),
+            (5, 32_000),
+            (2, 151_936),
+        ] {
+            let mut x = pseudo_random(n * v, (n * v) as u64);
+            x[0] = 3e38;
+            if n * v > 2 {
+                x[1] = f32::NEG_INFINITY;
+            }
+            let ids: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+            let xc = Tensor::from_vec(x, (n, v), &Device::Cpu)?;
+            let tc = Tensor::from_vec(ids, n, &Device::Cpu)?;
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let xc = xc.to_dtype(dt)?;
+                let want: Vec<f32> = token_logprobs(&xc, &tc)?.to_vec1()?;
+                let got: Vec<f32> =
+                    token_logprobs(&xc.to_device(&gpu)?, &tc.to_device(&gpu)?)?.to_vec1()?;
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-4 * w.abs().max(1.0);
+                    assert!(
+                        (g - w).abs() <= tol || (g.is_nan() && w.is_nan()) || g == w,
+                        "{dt:?} n={n} v={v} row {i}: gpu {g} vs cpu {w}"
+                    );
+                }
+            }
+        }
+        // Empty input and a strided (non-contiguous) view.
+        let e = Tensor::zeros((0, 8), DType::F32, &gpu)?;
+        let none = Tensor::zeros(0, DType::U32, &gpu)?;
+        assert_eq!(token_logprobs(&e, &none)?.dims(), &[0]);
+        let x = Tensor::from_vec(pseudo_random(6 * 40, 9), (6, 40), &Device::Cpu)?;
+        let t = Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], 6, &Device::Cpu)?;
+        let part = x.narrow(1, 3, 30)?;
+        let want: Vec<f32> = token_logprobs(&part, &t)?.to_vec1()?;
+        let got: Vec<f32> =
+            token_logprobs(&part.to_device(&gpu)?, &t.to_device(&gpu)?)?.to_vec1()?;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4, "strided: gpu {g} vs cpu {w}");
+        }
+        Ok(())
+    }
+}
