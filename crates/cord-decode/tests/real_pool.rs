@@ -152,8 +152,8 @@ fn synth_runs_two_problems_with_the_demo_pool() {
         assert!(r.response.contains("</think>"));
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.messages[0].content, p.question);
-        // The record survives a JSON round trip (compared as text: serde_json's default float
-        // parsing may differ from the original in the last bit).
+        // The record survives a JSON round trip exactly (serde_json's float_roundtrip is on, so a
+        // resumed run reads back the very scores that were written).
         let line = serde_json::to_string(r).unwrap();
         let back: Record = serde_json::from_str(&line).unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), line);
