@@ -132,6 +132,8 @@ struct ScoreArgs {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first statement of main; no other thread exists yet.
+    unsafe { cord_runtime::threads::init_cpu_threads() };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

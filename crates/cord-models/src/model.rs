@@ -17,6 +17,10 @@ pub enum LogitsMode {
     Last,
     /// One row per new token.
     All,
+    /// One row for each of the last `n` new positions (at most all of them): what teacher-forced
+    /// scoring of an `n`-token continuation needs, without the vocabulary projection of the
+    /// context rows.
+    Tail(usize),
 }
 
 /// One sequence of a ragged batch: its new tokens, appended at `kv.seq_len(seq)`.
@@ -336,6 +340,10 @@ impl Model {
             match inp.logits {
                 LogitsMode::Last => rows.push((off + inp.tokens.len() - 1) as u32),
                 LogitsMode::All => rows.extend((off..off + inp.tokens.len()).map(|r| r as u32)),
+                LogitsMode::Tail(n) => {
+                    let len = inp.tokens.len();
+                    rows.extend((off + len - n.min(len)..off + len).map(|r| r as u32))
+                }
             }
             let t = inp.tokens.len();
             let full = self.mask(t, start, None)?;

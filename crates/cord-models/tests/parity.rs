@@ -230,36 +230,44 @@ fn check_arch(config: Value) {
         &[
             SeqInput::new(e, &te, LogitsMode::All),
             SeqInput::new(f, &tf, LogitsMode::Last),
-            SeqInput::new(g, &tg, LogitsMode::Last),
+            SeqInput::new(g, &tg, LogitsMode::Tail(3)),
             SeqInput::new(c, &tc, LogitsMode::All),
         ],
     );
-    assert_eq!(out.len(), 7 + 1 + 1 + 2);
+    assert_eq!(out.len(), 7 + 1 + 3 + 2);
     let (e2, f2, g2) = (kv.new_sequence(), kv.new_sequence(), kv.new_sequence());
     let alone_e = one(model, &mut kv, e2, &te, LogitsMode::All);
     let alone_f = one(model, &mut kv, f2, &tf, LogitsMode::Last);
-    let alone_g = one(model, &mut kv, g2, &tg, LogitsMode::Last);
+    let alone_g = one(model, &mut kv, g2, &tg, LogitsMode::All);
     for i in 0..7 {
         assert_close(&out[i], &alone_e[i], TOL, &format!("{arch} ragged e{i}"));
     }
     assert_close(&out[7], &alone_f[0], TOL, &format!("{arch} ragged f"));
-    assert_close(&out[8], &alone_g[0], TOL, &format!("{arch} ragged g"));
+    // Tail(3): the last three positions of g, in order.
+    for i in 0..3 {
+        assert_close(
+            &out[8 + i],
+            &alone_g[9 + i],
+            TOL,
+            &format!("{arch} ragged g tail {i}"),
+        );
+    }
     assert_close(
-        &out[8],
+        &out[10],
         &r.last_logits(&tg),
         TOL,
         &format!("{arch} ragged g ref"),
     );
     hist_c.extend_from_slice(&tc);
     assert_close(
-        &out[10],
+        &out[12],
         &r.last_logits(&hist_c),
         TOL,
         &format!("{arch} ragged c ref"),
     );
     hist_c.pop();
     assert_close(
-        &out[9],
+        &out[11],
         &r.last_logits(&hist_c),
         TOL,
         &format!("{arch} ragged c ref 0"),

@@ -779,10 +779,11 @@ impl EngineModel {
                 .iter()
                 .map(|&g| {
                     let j = &jobs[g];
+                    // Only the rows that predict the continuation go through the LM head.
                     SeqInput {
                         seq: j.seq.expect("attached"),
                         tokens: &j.ids[j.reused..j.ids.len() - 1],
-                        logits: LogitsMode::All,
+                        logits: LogitsMode::Tail(j.ids.len() - j.first),
                     }
                 })
                 .collect();
@@ -806,29 +807,17 @@ impl EngineModel {
             };
             drop(inputs);
             self.stats.forward_calls += 1;
-            // Rows of each job: fed tokens positions reused..len-1; the answer rows are the last M.
-            let mut row = 0usize;
-            let mut pick_rows = Vec::new();
+            // Logits rows are the answer rows of each job in order: the last M fed positions
+            // (the fed tokens end one before the last answer token, so each row predicts one).
             let mut targets = Vec::new();
             for &g in &group {
                 let j = &jobs[g];
-                let fed = j.ids.len() - 1 - j.reused;
-                let m = j.ids.len() - j.first;
-                for k in 0..m {
-                    pick_rows.push((row + fed - m + k) as u32);
-                    targets.push(j.ids[j.first + k]);
-                }
-                row += fed;
-                self.stats.computed_tokens += fed as u64;
+                targets.extend_from_slice(&j.ids[j.first..]);
+                self.stats.computed_tokens += (j.ids.len() - 1 - j.reused) as u64;
             }
             let dev = logits.device().clone();
-            let idx =
-                Tensor::new(pick_rows.as_slice(), &dev).map_err(|e| model_err(&self.name, e))?;
             let tg = Tensor::new(targets.as_slice(), &dev).map_err(|e| model_err(&self.name, e))?;
-            let picked = logits
-                .index_select(&idx, 0)
-                .map_err(|e| model_err(&self.name, e))?;
-            let lp: Vec<f32> = token_logprobs(&picked, &tg)
+            let lp: Vec<f32> = token_logprobs(&logits, &tg)
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| model_err(&self.name, e))?;
             let mut at = 0;
