@@ -132,7 +132,7 @@ pub fn models_dir() -> PathBuf {
     }
 }
 
-fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
+pub(crate) fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
     let mut pool = PoolConfig::from_file(path)?;
     pool.apply_overrides(&run.overrides()?)?;
     for t in &mut pool.teachers {

@@ -237,3 +237,118 @@ fn shard_flag_and_pool_info_errors_are_clear() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "));
 }
+
+/// `cord synth --shard` through the binary, without loading models: each shard's output already
+/// holds a record (with the run's fingerprint) for every input id, so the run reports its share
+/// and stops. The shares of N shards add up to the input (or to `--limit`), an empty shard still
+/// leaves a (valid) output, and a shard's share does not depend on the input order.
+#[test]
+fn synth_shards_cover_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = cord(&["pool-info", "models/demo.toml"]);
+    let info = String::from_utf8_lossy(&o.stdout);
+    let fp = info
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint in {info}"));
+    let ids: Vec<String> = (0..40).map(|i| format!("p-{i}")).collect();
+    let write_input = |name: &str, order: &[String]| {
+        let path = dir.path().join(name);
+        let text: String = order
+            .iter()
+            .map(|id| format!("{{\"id\":\"{id}\",\"question\":\"q?\",\"answer\":\"1\"}}\n"))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let input = write_input("in.jsonl", &ids);
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    let input_rev = write_input("in-rev.jsonl", &reversed);
+    let done: String = ids
+        .iter()
+        .map(|id| format!("{{\"id\":\"{id}\",\"config\":{{\"pool\":\"{fp}\"}}}}\n"))
+        .collect();
+    // "shard I/N: n of K problems" -> n
+    let share = |input: &Path, shard: &str, extra: &[&str]| -> (usize, String) {
+        let out = dir
+            .path()
+            .join(format!("out-{}.jsonl", shard.replace('/', "-")));
+        std::fs::write(&out, &done).unwrap();
+        let mut args = vec![
+            "synth",
+            "--pool",
+            "models/demo.toml",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--shard",
+            shard,
+            "--resume",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = cord(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{shard}: {err}");
+        assert!(
+            err.contains("nothing to do"),
+            "{shard} went on to load models: {err}"
+        );
+        let n = err
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("shard {shard}: ")))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no share line: {err}"))
+            .parse()
+            .unwrap();
+        (n, err)
+    };
+    for n in [1usize, 3, 7] {
+        let mut total = 0;
+        for i in 0..n {
+            let shard = format!("{i}/{n}");
+            let (k, err) = share(&input, &shard, &[]);
+            assert!(err.contains(&format!("{k} of 40 problems")), "{err}");
+            assert_eq!(
+                share(&input_rev, &shard, &[]).0,
+                k,
+                "order changed shard {shard}"
+            );
+            total += k;
+        }
+        assert_eq!(total, 40, "{n} shards");
+        let limited: usize = (0..n)
+            .map(|i| share(&input, &format!("{i}/{n}"), &["--limit", "9"]).0)
+            .sum();
+        assert_eq!(limited, 9, "--limit 9 over {n} shards");
+    }
+    // An empty shard (40 ids cannot fill 1000 shards; found with the resumed runs above, which
+    // never load models) writes an empty, valid output on a fresh run.
+    let shard = (0..20)
+        .map(|i| format!("{i}/1000"))
+        .find(|s| share(&input, s, &[]).0 == 0)
+        .expect("an empty shard among the first 20 of 1000");
+    let out = dir.path().join("empty.jsonl");
+    let o = cord(&[
+        "synth",
+        "--pool",
+        "models/demo.toml",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--shard",
+        &shard,
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains(&format!("shard {shard}: 0 of 40")),
+        "{err}"
+    );
+    let empty = std::fs::read(&out).unwrap();
+    assert_eq!(empty, b"");
+}
