@@ -10,6 +10,9 @@ use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRe
 use cord_runtime::sampling::SamplingParams;
 
 mod bench;
+mod merge;
+mod report;
+mod shard;
 mod synth;
 
 #[derive(Parser)]
@@ -35,6 +38,12 @@ enum Cmd {
     Demo(synth::DemoArgs),
     /// Throughput and memory benchmarks (decode, beam, score, synth).
     Bench(bench::BenchArgs),
+    /// Join the outputs of `synth --shard I/N` runs into one records file.
+    Merge(merge::MergeArgs),
+    /// Render records written with `--save-tree` as one self-contained HTML beam-tree report.
+    Report(report::ReportArgs),
+    /// Print a pool file's teachers, devices and fingerprint (`--gpus`: GPUs it needs).
+    PoolInfo(shard::PoolInfoArgs),
 }
 
 #[derive(Args, Clone)]
@@ -148,6 +157,9 @@ fn main() -> ExitCode {
         Cmd::Synth(a) => synth::synth(a),
         Cmd::Demo(a) => synth::demo(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Merge(a) => merge::merge_cmd(a),
+        Cmd::Report(a) => report::report(a),
+        Cmd::PoolInfo(a) => shard::pool_info(a),
     };
     match res {
         Ok(code) => code,

@@ -24,6 +24,10 @@ pub struct SynthArgs {
     /// Records, one JSON object per line.
     #[arg(long)]
     output: PathBuf,
+    /// Run only shard I of N (0-based): the problems whose id hashes to I (see shard.rs);
+    /// with --limit L, the N shards together cover the first L problems.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<crate::shard::Shard>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -128,7 +132,7 @@ pub fn models_dir() -> PathBuf {
     }
 }
 
-fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
+pub(crate) fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
     let mut pool = PoolConfig::from_file(path)?;
     pool.apply_overrides(&run.overrides()?)?;
     for t in &mut pool.teachers {
@@ -144,7 +148,13 @@ fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
 pub fn synth(a: SynthArgs) -> Result<ExitCode> {
     let pool = load_pool(&a.pool, &a.run)?;
     let problems = read_problems(&a.input)?;
-    run_pool(&pool, problems, &a.output, &a.run).map(|_| ExitCode::SUCCESS)
+    let mut run = a.run.clone();
+    let total = problems.len().min(run.limit.unwrap_or(usize::MAX));
+    let problems = crate::shard::select(problems, run.limit.take(), a.shard);
+    if let Some(s) = a.shard {
+        eprintln!("shard {s}: {} of {total} problems", problems.len());
+    }
+    run_pool(&pool, problems, &a.output, &run).map(|_| ExitCode::SUCCESS)
 }
 
 /// Loads the pool, runs every (not yet done) problem and prints the summary.
