@@ -315,9 +315,14 @@ fn short_name(spec: &str) -> String {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Number of GSM8K problems (from the start of data/gsm8k.jsonl).
+    /// Number of GSM8K problems, taken in file order from the first 20 lines of
+    /// data/gsm8k.jsonl that pass `--max-solution-steps`.
     #[arg(long, default_value_t = 5)]
     problems: usize,
+    /// Only problems whose GSM8K reference solution has at most this many steps (the file's
+    /// `solution_steps`; 2 = the easy ones the small demo models can solve); 0 = no filter.
+    #[arg(long, default_value_t = 2)]
+    max_solution_steps: usize,
     /// Pool file (default: the repository's models/demo.toml).
     #[arg(long)]
     pool: Option<PathBuf>,
@@ -332,6 +337,28 @@ pub struct DemoArgs {
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const GSM8K: &str = include_str!("../../../data/gsm8k.jsonl");
+/// The demo and the tests use only the first lines of data/gsm8k.jsonl.
+const DEMO_POOL_LINES: usize = 20;
+
+/// The demo's candidate problems: the first 20 lines of the embedded GSM8K file, without those
+/// whose reference solution is longer than `max_steps` lines (0 = keep all).
+fn demo_problems(max_steps: usize) -> Result<Vec<Problem>> {
+    let all = parse_problems(GSM8K, "data/gsm8k.jsonl")?;
+    let mut keep = Vec::new();
+    for (p, line) in all.into_iter().zip(GSM8K.lines()).take(DEMO_POOL_LINES) {
+        let steps = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["solution_steps"].as_u64())
+            .unwrap_or(u64::MAX);
+        if max_steps == 0 || steps <= max_steps as u64 {
+            keep.push(p);
+        }
+    }
+    if keep.is_empty() {
+        bail!("no demo problem has a reference solution of at most {max_steps} steps");
+    }
+    Ok(keep)
+}
 
 pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
     let pool_path = a
@@ -378,7 +405,7 @@ pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
         }
         pool = load_pool(&pool_path, &a.run)?;
     }
-    let problems = parse_problems(GSM8K, "data/gsm8k.jsonl")?;
+    let problems = demo_problems(a.max_solution_steps)?;
     let t0 = Instant::now();
     let summary = run_pool(&pool, problems, &a.output, &a.run)?;
     // Per-problem view of what was written.
@@ -416,4 +443,31 @@ pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
         a.output.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod demo_tests {
+    use super::*;
+
+    #[test]
+    fn demo_problems_are_the_easy_ones_of_the_first_twenty() {
+        let ids: Vec<String> = demo_problems(2)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "gsm8k-103",
+                "gsm8k-740",
+                "gsm8k-116",
+                "gsm8k-269",
+                "gsm8k-491",
+                "gsm8k-684"
+            ]
+        );
+        assert_eq!(demo_problems(0).unwrap().len(), 20);
+        assert!(demo_problems(1).is_err());
+    }
 }

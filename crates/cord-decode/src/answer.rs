@@ -81,7 +81,23 @@ fn after_last_phrase(text: &str, phrase: &str) -> Option<String> {
     if cleaned.is_empty() {
         None
     } else {
-        Some(cleaned)
+        Some(drop_trailing_words(&cleaned))
+    }
+}
+
+/// A stated number followed by words keeps only the number: "140 minutes" -> "140",
+/// "$1,200 per week" -> "$1,200", "16 eggs will not fit" -> "16". Anything else is unchanged
+/// ("x = 5", "Paris", "3/4").
+fn drop_trailing_words(s: &str) -> String {
+    let Some((head, rest)) = s.split_once(char::is_whitespace) else {
+        return s.to_string();
+    };
+    let head = head.trim_end_matches([',', '.', ';', ':']);
+    let words_follow = rest.trim_start().starts_with(|c: char| c.is_alphabetic());
+    if words_follow && parse_number(&normalize(head)).is_some() {
+        head.to_string()
+    } else {
+        s.to_string()
     }
 }
 

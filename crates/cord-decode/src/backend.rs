@@ -123,14 +123,17 @@ pub struct AnswerRequest {
     pub question: String,
     /// The closed reasoning, ending with `</think>`.
     pub reasoning: String,
+    /// Start of the answer written by the orchestrator (`answer_prefix`; usually empty).
+    pub prefix: String,
     pub max_new_tokens: usize,
     pub seed: u64,
 }
 
 impl AnswerRequest {
-    /// Raw assistant text after `<think>\n`: closed reasoning + `"\n\n"` (O-18).
+    /// Raw assistant text after `<think>\n`: closed reasoning + `"\n\n"` (O-18), then the
+    /// answer prefix.
     pub fn prefill(&self) -> String {
-        format!("{}\n\n", self.reasoning)
+        format!("{}\n\n{}", self.reasoning, self.prefix)
     }
 }
 

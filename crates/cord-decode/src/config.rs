@@ -155,6 +155,12 @@ pub struct SearchConfig {
     pub save_tree: bool,
     /// Write wall-clock seconds into records (the only field that varies between equal runs).
     pub record_timing: bool,
+    /// Text the orchestrator writes after `</think>` before the answering teacher continues
+    /// (default empty: the teacher writes the whole answer, as in the paper). Small
+    /// non-reasoning models tend to comment on their solution instead of stating the result;
+    /// `"The final answer is "` (the scoring template's wording) makes them state it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub answer_prefix: String,
 }
 
 impl Default for SearchConfig {
@@ -180,6 +186,7 @@ impl Default for SearchConfig {
             prefill_think: true,
             save_tree: false,
             record_timing: true,
+            answer_prefix: String::new(),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use candle_core::DType;
 use cord_runtime::engine::ScoreRequest as EngineScore;
-use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats};
+use cord_runtime::engine::{
+    DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats, Parallel,
+};
 use cord_runtime::sampling::SamplingParams;
 
 use crate::backend::{
@@ -28,6 +30,9 @@ pub struct BackendOptions {
     pub max_batch_tokens: usize,
     /// Replaces every teacher's / scorer's device (e.g. `--device cpu`).
     pub device_override: Option<String>,
+    /// How models run concurrently within one round (default: one thread per device, so
+    /// teachers on different GPUs decode at the same time).
+    pub parallel: Parallel,
 }
 
 impl Default for BackendOptions {
@@ -36,6 +41,7 @@ impl Default for BackendOptions {
             kv_memory: 1 << 30,
             max_batch_tokens: 1024,
             device_override: None,
+            parallel: Parallel::Device,
         }
     }
 }
@@ -52,6 +58,7 @@ struct Role {
 /// The pool on an [`Engine`].
 pub struct EngineBackend {
     engine: Engine,
+    parallel: Parallel,
     teachers: Vec<Role>,
     scorers: Vec<Role>,
 }
@@ -143,6 +150,7 @@ impl EngineBackend {
         }
         Ok(EngineBackend {
             engine,
+            parallel: opts.parallel,
             teachers,
             scorers,
         })
@@ -181,12 +189,16 @@ impl EngineBackend {
         for (i, (m, _)) in reqs.iter().enumerate() {
             groups.entry(m.0).or_default().push(i);
         }
-        for (m, idx) in groups {
-            let batch: Vec<GenRequest> = idx.iter().map(|&i| reqs[i].1.clone()).collect();
-            let res = self
-                .engine
-                .generate(ModelId(m), &batch)
-                .map_err(engine_err)?;
+        // One batch per model; models on different GPUs generate at the same time.
+        let jobs: Vec<(ModelId, Vec<GenRequest>)> = groups
+            .iter()
+            .map(|(&m, idx)| (ModelId(m), idx.iter().map(|&i| reqs[i].1.clone()).collect()))
+            .collect();
+        let results = self
+            .engine
+            .generate_many(&jobs, self.parallel)
+            .map_err(engine_err)?;
+        for ((_, idx), res) in groups.iter().zip(results) {
             for (&i, g) in idx.iter().zip(res) {
                 let finish = match g.finish {
                     cord_runtime::engine::Finish::Eos => Finish::Eos,
@@ -249,9 +261,15 @@ impl Backend for EngineBackend {
                 },
             ));
         }
-        for (m, items) in groups {
-            let batch: Vec<EngineScore> = items.iter().map(|(_, s)| s.clone()).collect();
-            let res = self.engine.score(ModelId(m), &batch).map_err(engine_err)?;
+        let jobs: Vec<(ModelId, Vec<EngineScore>)> = groups
+            .iter()
+            .map(|(&m, items)| (ModelId(m), items.iter().map(|(_, s)| s.clone()).collect()))
+            .collect();
+        let results = self
+            .engine
+            .score_many(&jobs, self.parallel)
+            .map_err(engine_err)?;
+        for ((_, items), res) in groups.iter().zip(results) {
             for ((i, _), s) in items.iter().zip(res) {
                 out[*i] = Some(Score {
                     mean_logprob: s.mean(),

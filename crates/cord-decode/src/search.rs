@@ -96,6 +96,7 @@ pub struct Settings {
     pub drop_incorrect: bool,
     pub save_tree: bool,
     pub record_timing: bool,
+    pub answer_prefix: String,
     pub problems_in_flight: usize,
     pub teacher_names: Vec<String>,
     pub scorer_names: Vec<String>,
@@ -133,6 +134,7 @@ impl Settings {
             drop_incorrect: s.drop_incorrect,
             save_tree: s.save_tree,
             record_timing: s.record_timing,
+            answer_prefix: s.answer_prefix.clone(),
             problems_in_flight: s.problems_in_flight,
             teacher_names: pool.teachers.iter().map(|t| t.name.clone()).collect(),
             scorer_names: scorers.iter().map(|x| x.name.clone()).collect(),
@@ -463,6 +465,7 @@ pub(crate) fn answer_request(s: &Settings, p: &Problem, o: &Outcome) -> AnswerRe
         teacher: o.answer_teacher,
         question: p.question.clone(),
         reasoning: closed(&o.reasoning),
+        prefix: s.answer_prefix.clone(),
         max_new_tokens: s.answer_budget,
         seed: crate::seed::request_seed(&p.id, crate::seed::Purpose::Answer, &[], s.seed),
     }
@@ -482,7 +485,9 @@ pub(crate) fn build_record(
         .entry(s.teacher_names[o.answer_teacher].clone())
         .or_default() += answer.tokens as u64;
     stats.reused += answer.reused_tokens as u64;
-    let final_answer = answer.text.trim().to_string();
+    let final_answer = format!("{}{}", s.answer_prefix, answer.text)
+        .trim()
+        .to_string();
     let body = score_context(&o.reasoning);
     let response = format!("<think>\n{body}\n{THINK_CLOSE}\n\n{final_answer}");
     let predicted = extract_answer(&final_answer);

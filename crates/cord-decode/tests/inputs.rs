@@ -312,6 +312,13 @@ fn answer_extraction() {
         ("The final answer is: $3.50$.\nThanks", Some("3.50")),
         ("**The final answer is \\(x = 5\\)**", Some("x = 5")),
         ("Thus the answer is 17", Some("17")),
+        ("The final answer is 140 minutes.", Some("140")),
+        (
+            "The final answer is 16 eggs will not be placed on the tray",
+            Some("16"),
+        ),
+        ("The final answer is $1,200 per week.", Some("$1,200")),
+        ("The final answer is 3.5 hours, so", Some("3.5")),
         ("I think the answer is: **Paris**.", Some("Paris")),
         (
             "We get 3 apples and then 1,234 pears, total 1,237.",

@@ -590,3 +590,38 @@ fn mcts_runs_and_commits_to_the_most_visited_child() {
             .any(|c| c.len() == 1 && c[0].stop == vec!["</think>".to_string()])
     );
 }
+
+#[test]
+fn answer_prefix_is_prefilled_and_part_of_the_final_answer() {
+    let with = pool(
+        3,
+        "method = \"greedy\"\nanswer_prefix = \"The final answer is \"",
+    );
+    let mut b = backend(3)
+        .with_propose_fn(|_| Some(Proposal::new(" 6 * 7 = 42.", Finish::Eos, 5)))
+        .with_score_fn(|_| Some(0.5))
+        .with_answer_fn(|r| {
+            // The teacher continues after the prefix: its text alone carries no "answer is".
+            assert!(r.prefill().ends_with("</think>\n\nThe final answer is "));
+            Some(Proposal::new("42.", Finish::Eos, 2))
+        });
+    let rec = drive(&with, problem("p", "42"), &mut b);
+    assert_eq!(rec.final_answer, "The final answer is 42.");
+    assert_eq!(rec.predicted.as_deref(), Some("42"));
+    assert!(rec.correct);
+    assert!(
+        rec.response
+            .ends_with("</think>\n\nThe final answer is 42.")
+    );
+    // Without a prefix the request and the answer are unchanged.
+    let plain = pool(3, "method = \"greedy\"");
+    let mut b = backend(3)
+        .with_propose_fn(|_| Some(Proposal::new(" 6 * 7 = 42.", Finish::Eos, 5)))
+        .with_score_fn(|_| Some(0.5))
+        .with_answer_fn(|r| {
+            assert!(r.prefill().ends_with("</think>\n\n"));
+            Some(Proposal::new("So 42.", Finish::Eos, 2))
+        });
+    let rec = drive(&plain, problem("p", "42"), &mut b);
+    assert_eq!(rec.final_answer, "So 42.");
+}

@@ -116,7 +116,7 @@ fn backend(pool: &PoolConfig) -> EngineBackend {
     let opts = BackendOptions {
         kv_memory: 8 << 20,
         max_batch_tokens: 512,
-        device_override: None,
+        ..BackendOptions::default()
     };
     EngineBackend::from_pool(pool, &opts).unwrap()
 }
@@ -647,6 +647,7 @@ fn engine_backend_contract_on_tiny_models() {
             teacher: 1,
             question: question.to_string(),
             reasoning: "### Step 1. 6 * 7 = 42\n</think>".to_string(),
+            prefix: String::new(),
             max_new_tokens: 5,
             seed: 9,
         }])

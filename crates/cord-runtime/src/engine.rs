@@ -361,31 +361,145 @@ impl Engine {
         reqs: &[GenRequest],
         on_text: &mut dyn FnMut(usize, &str),
     ) -> Result<Vec<GenOutput>> {
-        let m = self.model_mut(id)?;
-        let t0 = Instant::now();
-        let out = m.generate(reqs, on_text);
-        let secs = t0.elapsed().as_secs_f64();
-        m.stats.generate_seconds += secs;
-        if let Ok(o) = &out {
-            let toks: usize = o.iter().map(|g| g.completion_tokens).sum();
-            let reused: usize = o.iter().map(|g| g.reused_tokens).sum();
-            let prompt: usize = o.iter().map(|g| g.prompt_tokens).sum();
-            tracing::debug!(model = %m.name, requests = reqs.len(), prompt, reused, generated = toks, secs, "generate");
-        }
-        out
+        self.model_mut(id)?.generate_timed(reqs, on_text)
     }
 
     /// Teacher-forced log-probs of each continuation after its context, batched.
     pub fn score(&mut self, id: ModelId, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
-        let m = self.model_mut(id)?;
+        self.model_mut(id)?.score_timed(reqs)
+    }
+
+    /// [`Engine::generate`] for several models: one batch per model, results in job order.
+    /// Models on different devices run at the same time, one thread per device; models on one
+    /// device run one after another (they would only compete for its compute units), unless
+    /// `by` is [`Parallel::Model`].
+    pub fn generate_many(
+        &mut self,
+        jobs: &[(ModelId, Vec<GenRequest>)],
+        by: Parallel,
+    ) -> Result<Vec<Vec<GenOutput>>> {
+        self.run_many(jobs, by, |m, r| m.generate_timed(r, &mut |_, _| {}))
+    }
+
+    /// [`Engine::score`] for several models, concurrent across devices as [`Engine::generate_many`].
+    pub fn score_many(
+        &mut self,
+        jobs: &[(ModelId, Vec<ScoreRequest>)],
+        by: Parallel,
+    ) -> Result<Vec<Vec<ScoreOutput>>> {
+        self.run_many(jobs, by, |m, r| m.score_timed(r))
+    }
+
+    fn run_many<R: Sync, O: Send>(
+        &mut self,
+        jobs: &[(ModelId, Vec<R>)],
+        by: Parallel,
+        f: impl Fn(&mut EngineModel, &[R]) -> Result<Vec<O>> + Sync,
+    ) -> Result<Vec<Vec<O>>> {
+        // Lanes: the jobs that run one after another on one thread.
+        let mut lanes: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (j, (id, _)) in jobs.iter().enumerate() {
+            let m = self.model(*id)?;
+            let key = match by {
+                Parallel::Device => match m.device {
+                    DeviceSpec::Cpu => usize::MAX,
+                    DeviceSpec::Cuda(n) => n,
+                },
+                Parallel::Model => id.0,
+                Parallel::None => 0,
+            };
+            match lanes.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(j),
+                None => lanes.push((key, vec![j])),
+            }
+        }
+        for (i, (id, _)) in jobs.iter().enumerate() {
+            if jobs[..i].iter().any(|(other, _)| other == id) {
+                return Err(EngineError::Invalid(format!(
+                    "model {} appears twice in one multi-model call",
+                    id.0
+                )));
+            }
+        }
+        let mut slots: Vec<Option<&mut EngineModel>> = self.models.iter_mut().map(Some).collect();
+        let mut work: Vec<Vec<(usize, &mut EngineModel)>> = Vec::new();
+        for (_, js) in &lanes {
+            let mut lane = Vec::new();
+            for &j in js {
+                let m = slots[jobs[j].0.0].take().expect("each model once");
+                lane.push((j, m));
+            }
+            work.push(lane);
+        }
+        let run_lane = |lane: Vec<(usize, &mut EngineModel)>| -> Vec<(usize, Result<Vec<O>>)> {
+            lane.into_iter()
+                .map(|(j, m)| (j, f(m, &jobs[j].1)))
+                .collect()
+        };
+        let done: Vec<(usize, Result<Vec<O>>)> = if work.len() <= 1 {
+            work.into_iter().flat_map(run_lane).collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|lane| sc.spawn(|| run_lane(lane)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("model thread panicked"))
+                    .collect()
+            })
+        };
+        let mut out: Vec<Option<Vec<O>>> = (0..jobs.len()).map(|_| None).collect();
+        for (j, r) in done {
+            out[j] = Some(r?);
+        }
+        Ok(out.into_iter().map(|o| o.expect("every job ran")).collect())
+    }
+}
+
+/// How [`Engine::generate_many`] / [`Engine::score_many`] spread models over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parallel {
+    /// One thread per device (all CPU models share one): the default.
+    #[default]
+    Device,
+    /// One thread per model, even on one device.
+    Model,
+    /// Everything on the calling thread, in job order.
+    None,
+}
+
+impl EngineModel {
+    /// [`EngineModel::generate`] with the per-model counters and the debug trace line.
+    fn generate_timed(
+        &mut self,
+        reqs: &[GenRequest],
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<GenOutput>> {
         let t0 = Instant::now();
-        let out = m.score(reqs);
+        let out = self.generate(reqs, on_text);
         let secs = t0.elapsed().as_secs_f64();
-        m.stats.score_seconds += secs;
+        self.stats.generate_seconds += secs;
+        if let Ok(o) = &out {
+            let toks: usize = o.iter().map(|g| g.completion_tokens).sum();
+            let reused: usize = o.iter().map(|g| g.reused_tokens).sum();
+            let prompt: usize = o.iter().map(|g| g.prompt_tokens).sum();
+            tracing::debug!(model = %self.name, requests = reqs.len(), prompt, reused, generated = toks, secs, "generate");
+        }
+        out
+    }
+
+    /// [`EngineModel::score`] with the per-model counters and the debug trace line.
+    fn score_timed(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
+        let t0 = Instant::now();
+        let out = self.score(reqs);
+        let secs = t0.elapsed().as_secs_f64();
+        self.stats.score_seconds += secs;
         if let Ok(o) = &out {
             let ctx: usize = o.iter().map(|s| s.context_tokens).sum();
             let reused: usize = o.iter().map(|s| s.reused_tokens).sum();
-            tracing::debug!(model = %m.name, requests = reqs.len(), context = ctx, reused, secs, "score");
+            tracing::debug!(model = %self.name, requests = reqs.len(), context = ctx, reused, secs, "score");
         }
         out
     }
