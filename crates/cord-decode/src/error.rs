@@ -22,13 +22,14 @@ pub enum Error {
     /// The problems file holds no problem.
     #[error("{path}: no problems (the file is empty or holds only blank lines)")]
     EmptyInput { path: String },
-    /// Two problems share an id.
-    #[error("{path}: duplicate id {id:?} on lines {first} and {second}")]
-    DuplicateId {
+    /// Several bad lines in the problems file (each is listed).
+    #[error(
+        "{path}: {count} bad lines (fix them, or pass --skip-bad-lines to leave them out): {listing}"
+    )]
+    BadLines {
         path: String,
-        id: String,
-        first: usize,
-        second: usize,
+        count: usize,
+        listing: String,
     },
     /// The output file exists and neither resume nor overwrite was asked for.
     #[error(
@@ -51,6 +52,16 @@ pub enum Error {
         line: usize,
         found: String,
         expected: String,
+    },
+    /// The output path cannot be written (missing directory, a directory, no permission).
+    #[error("{path}: cannot write the output here: {message}")]
+    OutputPath { path: String, message: String },
+    /// A model of the pool failed to load; `role` is e.g. "teacher `qwen`" or "scorer `judge`".
+    #[error("{role}: {source}")]
+    Load {
+        role: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// File system error.
     #[error("{path}: {source}")]
