@@ -235,13 +235,14 @@ fn skip_bad_lines_leaves_them_out_and_says_so() {
 fn problems_file_missing() {
     let c = Case::new();
     let missing = c.f.path("nope.jsonl");
-    c.refused_with(
+    let msg = c.refused_with(
         &c.pool,
         &missing,
         &c.out,
         &[],
         &["nope.jsonl", "No such file"],
     );
+    assert_eq!(msg.matches("No such file").count(), 1, "said once: {msg}");
 }
 
 #[test]
@@ -255,13 +256,14 @@ fn limit_zero() {
 fn pool_file_missing() {
     let c = Case::new();
     let missing = c.f.path("nope.toml");
-    c.refused_with(
+    let msg = c.refused_with(
         &missing,
         &c.input,
         &c.out,
         &[],
         &["nope.toml", "No such file"],
     );
+    assert_eq!(msg.matches("No such file").count(), 1, "said once: {msg}");
 }
 
 #[test]
@@ -364,10 +366,11 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
 fn missing_model_path_names_the_teacher() {
     let c = Case::new();
     let text = pool_with_model(&c, &c.f.path("no-such-model"));
-    c.with_pool(&text).refused(
+    let msg = c.with_pool(&text).refused(
         &[],
         &["teacher `byte-llama`", "no-such-model", "does not exist"],
     );
+    assert_eq!(msg.matches("does not exist").count(), 1, "said once: {msg}");
 }
 
 #[test]

@@ -87,10 +87,11 @@ fn same_input_pool_and_seed_write_byte_identical_files() {
 /// their floats agree to f32 rounding; where no float differs, the files are byte-identical.
 ///
 /// Why not bytes: batching more or fewer sequences together (or recomputing a preempted one)
-/// changes the row count of every CPU matmul, and candle's CPU matmul rounds a row differently
-/// for different row counts; KV entries and logits then differ in the last f32 bits, which shows
-/// in the scores (computed in f32, written as f64). Sampling draws from the same seeded stream
-/// and has never flipped a token here, so texts and choices stay identical.
+/// changes the row count of every matmul and what the prefix cache holds, and a row's f32
+/// result then can differ in the last bits (`synth_tiny.rs` attributes this to candle's CPU
+/// matmul taking other kernels for small row counts); it shows in the scores (computed in f32,
+/// written as f64). Sampling draws from the same seeded stream and has never flipped a token
+/// here, so texts and choices stay identical.
 fn assert_same_records(a: &Path, b: &Path, what: &str) {
     let diff = compare_records(a, b).unwrap_or_else(|e| panic!("{what}: records differ: {e}"));
     eprintln!(

@@ -108,7 +108,7 @@ fn pool_models(pool: &PoolConfig) -> Vec<(String, String, Option<String>, String
 fn load_err(role: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Load {
         role: role.to_string(),
-        source: Box::new(e),
+        cause: Box::new(e),
     }
 }
 

@@ -57,22 +57,21 @@ pub enum Error {
     #[error("{path}: cannot write the output here: {message}")]
     OutputPath { path: String, message: String },
     /// A model of the pool failed to load; `role` is e.g. "teacher `qwen`" or "scorer `judge`".
-    #[error("{role}: {source}")]
+    /// (The cause is part of the message, not a `source()`, so that `{:#}` chains print it once.)
+    #[error("{role}: {cause}")]
     Load {
         role: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        cause: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// File system error.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Error reported by the backend (engine).
     #[error("backend: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A backend answered with the wrong number of results, or a search was driven out of order.
     #[error("search protocol: {0}")]
     Protocol(String),
@@ -94,7 +93,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }
