@@ -10,6 +10,7 @@ use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRe
 use cord_runtime::sampling::SamplingParams;
 
 mod bench;
+mod interrupt;
 mod merge;
 mod report;
 mod shard;

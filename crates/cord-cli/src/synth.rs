@@ -9,8 +9,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
 use cord_decode::engine_backend::{BackendOptions, EngineBackend};
-use cord_decode::io::{OutputMode, Problem, RecordWriter, parse_problems, read_problems};
-use cord_decode::{Progress, Settings, Summary};
+use cord_decode::io::{
+    OutputMode, Problem, RecordWriter, list_bad_lines, parse_problems, scan_problems_file,
+};
+use cord_decode::{Progress, RecordSink, Settings, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -28,6 +30,9 @@ pub struct SynthArgs {
     /// with --limit L, the N shards together cover the first L problems.
     #[arg(long, value_name = "I/N")]
     shard: Option<crate::shard::Shard>,
+    /// Leave out bad lines of the input (listed on stderr) instead of refusing to start.
+    #[arg(long)]
+    skip_bad_lines: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -147,14 +152,47 @@ pub(crate) fn load_pool(path: &Path, run: &RunArgs) -> Result<PoolConfig> {
 
 pub fn synth(a: SynthArgs) -> Result<ExitCode> {
     let pool = load_pool(&a.pool, &a.run)?;
-    let problems = read_problems(&a.input)?;
+    if a.run.limit == Some(0) {
+        bail!("--limit 0 leaves nothing to do (give at least 1)");
+    }
+    let problems = read_input(&a.input, a.skip_bad_lines)?;
     let mut run = a.run.clone();
     let total = problems.len().min(run.limit.unwrap_or(usize::MAX));
     let problems = crate::shard::select(problems, run.limit.take(), a.shard);
     if let Some(s) = a.shard {
         eprintln!("shard {s}: {} of {total} problems", problems.len());
     }
-    run_pool(&pool, problems, &a.output, &run).map(|_| ExitCode::SUCCESS)
+    let summary = run_pool(&pool, problems, &a.output, &run)?;
+    Ok(exit_code(&summary))
+}
+
+/// Every line of the input is read before anything else happens: a bad line stops the run
+/// before any model is loaded, with every bad line listed, unless `skip` leaves them out.
+fn read_input(path: &Path, skip: bool) -> Result<Vec<Problem>> {
+    let scan = scan_problems_file(path)?;
+    if !skip || scan.bad.is_empty() {
+        return Ok(scan.into_strict(&path.display().to_string())?);
+    }
+    eprintln!(
+        "warning: {}: leaving out {} bad line(s): {}",
+        path.display(),
+        scan.bad.len(),
+        list_bad_lines(&scan.bad)
+    );
+    Ok(cord_decode::io::ProblemsScan {
+        bad: Vec::new(),
+        ..scan
+    }
+    .into_strict(&path.display().to_string())?)
+}
+
+/// 0, or 128 + signal when the run was stopped by Ctrl-C / SIGTERM.
+fn exit_code(summary: &Summary) -> ExitCode {
+    if summary.interrupted {
+        ExitCode::from(crate::interrupt::exit_status())
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Loads the pool, runs every (not yet done) problem and prints the summary.
@@ -165,7 +203,13 @@ fn run_pool(
     run: &RunArgs,
 ) -> Result<Summary> {
     if let Some(n) = run.limit {
+        if n == 0 {
+            bail!("--limit 0 leaves nothing to do (give at least 1)");
+        }
         problems.truncate(n);
+    }
+    if run.kv_mib == 0 {
+        bail!("--kv-mib 0 leaves no room for the KV cache (give at least 1)");
     }
     let settings = Settings::shared(pool)?;
     let mode = OutputMode {
@@ -173,6 +217,7 @@ fn run_pool(
         overwrite: run.overwrite,
         force: run.force,
     };
+    // Checks only: nothing is written before the first record (see `RecordWriter`).
     let (mut writer, info) = RecordWriter::open(output, mode, &pool.fingerprint())?;
     if info.records > 0 || info.truncated_bytes > 0 {
         eprintln!(
@@ -181,7 +226,7 @@ fn run_pool(
             info.records,
             if info.truncated_bytes > 0 {
                 format!(
-                    ", dropped a torn last line of {} bytes",
+                    ", a torn last line of {} bytes will be cut away",
                     info.truncated_bytes
                 )
             } else {
@@ -196,9 +241,19 @@ fn run_pool(
             "nothing to do: all {total_input} problems are already in {}",
             output.display()
         );
+        // A finished run leaves its output file, even an empty one (an empty shard): `cord
+        // merge` and job scripts expect it. No model was loaded, so nothing can fail after this.
+        writer.sync()?;
         return Ok(Summary::default());
     }
 
+    let opts = BackendOptions {
+        kv_memory: run.kv_mib << 20,
+        device_override: run.device.clone(),
+        ..BackendOptions::default()
+    };
+    EngineBackend::check(pool, &opts)?;
+    crate::interrupt::install()?;
     let t_load = Instant::now();
     let spinner = (!run.quiet).then(|| {
         let s = ProgressBar::new_spinner();
@@ -206,11 +261,6 @@ fn run_pool(
         s.enable_steady_tick(std::time::Duration::from_millis(200));
         s
     });
-    let opts = BackendOptions {
-        kv_memory: run.kv_mib << 20,
-        device_override: run.device.clone(),
-        ..BackendOptions::default()
-    };
     let mut backend = EngineBackend::from_pool(pool, &opts)?;
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -249,15 +299,23 @@ fn run_pool(
         ));
     };
     bar.tick();
-    let summary = cord_decode::run(
+    let summary = cord_decode::run_until(
         &mut backend,
         &settings,
         problems,
         &mut writer,
         &mut on_progress,
+        &crate::interrupt::requested,
     )?;
     bar.finish_and_clear();
     print_summary(&summary, &backend, output);
+    if summary.interrupted {
+        eprintln!(
+            "interrupted by {}: {} record(s) written and synced; rerun with --resume to continue",
+            crate::interrupt::received(),
+            summary.written
+        );
+    }
     if let Some(path) = &run.stats {
         let v = serde_json::json!({ "summary": summary, "models": backend.model_stats() });
         std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
@@ -408,6 +466,9 @@ pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
     let problems = demo_problems(a.max_solution_steps)?;
     let t0 = Instant::now();
     let summary = run_pool(&pool, problems, &a.output, &a.run)?;
+    if summary.interrupted {
+        return Ok(exit_code(&summary));
+    }
     // Per-problem view of what was written.
     let text = std::fs::read_to_string(&a.output)
         .with_context(|| format!("reading {}", a.output.display()))?;

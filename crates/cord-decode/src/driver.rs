@@ -53,6 +53,10 @@ pub struct Summary {
     pub score_calls: usize,
     pub answer_calls: usize,
     pub seconds: f64,
+    /// The run was stopped early (Ctrl-C): the searches in flight were abandoned, every record
+    /// finished before is written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 struct Active {
@@ -67,6 +71,21 @@ pub fn run(
     problems: Vec<Problem>,
     sink: &mut dyn RecordSink,
     progress: &mut dyn FnMut(&Progress<'_>),
+) -> Result<Summary> {
+    run_until(backend, settings, problems, sink, progress, &|| false)
+}
+
+/// As [`run`], checking `stop` before every round: once it returns true the searches in flight
+/// are abandoned (never half-written: a record is written whole or not at all), the sink is
+/// synced and the summary of what was written comes back with `interrupted` set. A resumed run
+/// redoes the abandoned problems.
+pub fn run_until(
+    backend: &mut dyn Backend,
+    settings: &Arc<Settings>,
+    problems: Vec<Problem>,
+    sink: &mut dyn RecordSink,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    stop: &dyn Fn() -> bool,
 ) -> Result<Summary> {
     let started = Instant::now();
     if backend.num_teachers() != settings.num_teachers() {
@@ -100,6 +119,10 @@ pub fn run(
     let mut done = 0usize;
 
     loop {
+        if stop() {
+            summary.interrupted = true;
+            break;
+        }
         while active.len() < in_flight
             && let Some((i, _)) = queue.front()
             && *i < next_write + window
@@ -170,6 +193,7 @@ pub fn run(
             let act = active.remove(a);
             ready.insert(act.index, *rec);
         }
+        let mut wrote = false;
         while let Some(rec) = ready.remove(&next_write) {
             next_write += 1;
             done += 1;
@@ -177,6 +201,7 @@ pub fn run(
             if write {
                 sink.write_record(&rec)?;
                 summary.written += 1;
+                wrote = true;
             } else {
                 summary.dropped += 1;
             }
@@ -198,11 +223,18 @@ pub fn run(
                 written: write,
             });
         }
+        if wrote {
+            sink.sync()?;
+        }
     }
-    if total > 0 {
-        summary.accuracy = summary.correct as f64 / total as f64;
-        summary.mean_score = score_sum / total as f64;
-        summary.mean_steps = steps_sum as f64 / total as f64;
+    sink.sync()?;
+    if done > 0 {
+        summary.accuracy = summary.correct as f64 / done as f64;
+        summary.mean_score = score_sum / done as f64;
+        summary.mean_steps = steps_sum as f64 / done as f64;
+    }
+    if summary.interrupted {
+        summary.problems = done;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

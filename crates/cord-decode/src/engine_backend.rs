@@ -84,17 +84,70 @@ fn parse_dtype(s: &str, device: DeviceSpec) -> Result<Option<DType>> {
     })
 }
 
+/// Every model of the pool as (role, spec, device, dtype), teachers first; a scorer that is a
+/// teacher is not listed again.
+fn pool_models(pool: &PoolConfig) -> Vec<(String, String, Option<String>, String)> {
+    let mut v: Vec<_> = pool
+        .teachers
+        .iter()
+        .map(|t| {
+            (
+                format!("teacher `{}`", t.name),
+                t.model.clone(),
+                t.device.clone(),
+                t.dtype.clone(),
+            )
+        })
+        .collect();
+    for s in pool.scorers() {
+        if let ScorerModel::Model(spec) = s.model {
+            v.push((
+                format!("scorer `{}`", s.name),
+                spec,
+                pool.scorer.device.clone(),
+                pool.scorer.dtype.clone().unwrap_or_else(|| "bf16".into()),
+            ));
+        }
+    }
+    v
+}
+
+fn load_err(role: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Load {
+        role: role.to_string(),
+        cause: Box::new(e),
+    }
+}
+
 impl EngineBackend {
+    /// Checks the pool's models without loading any weights (devices, dtypes, model specs:
+    /// see [`Engine::check_model`]), so that a bad pool fails at once rather than after
+    /// minutes of loading the models before the bad one.
+    pub fn check(pool: &PoolConfig, opts: &BackendOptions) -> Result<()> {
+        for (role, spec, device, dtype) in pool_models(pool) {
+            let dev_str = opts
+                .device_override
+                .as_deref()
+                .or(device.as_deref())
+                .unwrap_or("cpu");
+            let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(&role, e))?;
+            parse_dtype(&dtype, device)?;
+            Engine::check_model(&spec, device).map_err(|e| load_err(&role, e))?;
+        }
+        Ok(())
+    }
+
     /// Loads every model of the pool.
     pub fn from_pool(pool: &PoolConfig, opts: &BackendOptions) -> Result<Self> {
         let mut engine = Engine::new();
-        let load = |spec: &str,
+        let load = |role: &str,
+                    spec: &str,
                     device: Option<&str>,
                     dtype: &str,
                     engine: &mut Engine|
          -> Result<ModelId> {
             let dev_str = opts.device_override.as_deref().or(device).unwrap_or("cpu");
-            let device = DeviceSpec::parse(dev_str).map_err(engine_err)?;
+            let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(role, e))?;
             let mo = ModelOptions {
                 device,
                 dtype: parse_dtype(dtype, device)?,
@@ -103,11 +156,12 @@ impl EngineBackend {
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");
-            engine.add_model(spec, &mo).map_err(engine_err)
+            engine.add_model(spec, &mo).map_err(|e| load_err(role, e))
         };
         let mut teachers = Vec::new();
         for t in &pool.teachers {
-            let model = load(&t.model, t.device.as_deref(), &t.dtype, &mut engine)?;
+            let role = format!("teacher `{}`", t.name);
+            let model = load(&role, &t.model, t.device.as_deref(), &t.dtype, &mut engine)?;
             teachers.push(Role {
                 name: t.name.clone(),
                 model,
@@ -136,7 +190,14 @@ impl EngineBackend {
                 },
                 ScorerModel::Model(spec) => {
                     let dtype = pool.scorer.dtype.clone().unwrap_or_else(|| "bf16".into());
-                    let model = load(&spec, pool.scorer.device.as_deref(), &dtype, &mut engine)?;
+                    let role = format!("scorer `{}`", s.name);
+                    let model = load(
+                        &role,
+                        &spec,
+                        pool.scorer.device.as_deref(),
+                        &dtype,
+                        &mut engine,
+                    )?;
                     Role {
                         name: s.name.clone(),
                         model,

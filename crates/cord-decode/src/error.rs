@@ -22,13 +22,14 @@ pub enum Error {
     /// The problems file holds no problem.
     #[error("{path}: no problems (the file is empty or holds only blank lines)")]
     EmptyInput { path: String },
-    /// Two problems share an id.
-    #[error("{path}: duplicate id {id:?} on lines {first} and {second}")]
-    DuplicateId {
+    /// Several bad lines in the problems file (each is listed).
+    #[error(
+        "{path}: {count} bad lines (fix them, or pass --skip-bad-lines to leave them out): {listing}"
+    )]
+    BadLines {
         path: String,
-        id: String,
-        first: usize,
-        second: usize,
+        count: usize,
+        listing: String,
     },
     /// The output file exists and neither resume nor overwrite was asked for.
     #[error(
@@ -52,16 +53,25 @@ pub enum Error {
         found: String,
         expected: String,
     },
+    /// The output path cannot be written (missing directory, a directory, no permission).
+    #[error("{path}: cannot write the output here: {message}")]
+    OutputPath { path: String, message: String },
+    /// A model of the pool failed to load; `role` is e.g. "teacher `qwen`" or "scorer `judge`".
+    /// (The cause is part of the message, not a `source()`, so that `{:#}` chains print it once.)
+    #[error("{role}: {cause}")]
+    Load {
+        role: String,
+        cause: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// File system error.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Error reported by the backend (engine).
     #[error("backend: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A backend answered with the wrong number of results, or a search was driven out of order.
     #[error("search protocol: {0}")]
     Protocol(String),
@@ -83,7 +93,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

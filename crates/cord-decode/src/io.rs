@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -25,93 +25,174 @@ pub struct Problem {
 const QUESTION_KEYS: &[&str] = &["question", "problem", "prompt"];
 const ANSWER_KEYS: &[&str] = &["answer", "gt", "final_answer", "solution"];
 
-/// Reads a problems file (JSONL).
-pub fn read_problems(path: impl AsRef<Path>) -> Result<Vec<Problem>> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_problems(&text, &path.display().to_string())
+/// One line of a problems file that could not be read as a problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    pub message: String,
 }
 
-/// Parses problems JSONL; `origin` names the source in errors. Blank lines are skipped.
-pub fn parse_problems(text: &str, origin: &str) -> Result<Vec<Problem>> {
-    let mut out = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
+/// A problems file read leniently: the good problems and the bad lines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProblemsScan {
+    pub problems: Vec<Problem>,
+    pub bad: Vec<BadLine>,
+}
+
+impl ProblemsScan {
+    /// The strict reading: every bad line is an error (all of them are listed), and a file
+    /// without any problem is an error.
+    pub fn into_strict(self, origin: &str) -> Result<Vec<Problem>> {
+        let mut bad = self.bad;
+        match bad.len() {
+            0 => {}
+            1 => {
+                let b = bad.remove(0);
+                return Err(Error::Input {
+                    path: origin.to_string(),
+                    line: b.line,
+                    message: b.message,
+                });
+            }
+            n => {
+                return Err(Error::BadLines {
+                    path: origin.to_string(),
+                    count: n,
+                    listing: list_bad_lines(&bad),
+                });
+            }
         }
-        let err = |message: String| Error::Input {
-            path: origin.to_string(),
-            line,
-            message,
-        };
-        let v: Value = serde_json::from_str(raw).map_err(|e| err(format!("invalid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| err("expected a JSON object".to_string()))?;
-        let id = match obj.get("id") {
-            None | Some(Value::Null) => format!("line-{line}"),
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => {
-                return Err(err(format!(
-                    "`id` must be a non-empty string or a number, found {other}"
-                )));
-            }
-        };
-        let question = match QUESTION_KEYS
-            .iter()
-            .find_map(|k| obj.get(*k).map(|v| (*k, v)))
-        {
-            Some((_, Value::String(s))) if !s.trim().is_empty() => s.clone(),
-            Some((k, _)) => return Err(err(format!("`{k}` must be a non-empty string"))),
-            None => {
-                return Err(err(
-                    "missing `question` (or `problem` / `prompt`)".to_string()
-                ));
-            }
-        };
-        let answer = match ANSWER_KEYS
-            .iter()
-            .find_map(|k| obj.get(*k).map(|v| (*k, v)))
-        {
-            Some(("solution", Value::String(s))) => solution_answer(s).ok_or_else(|| {
-                err("`solution` has neither a `#### N` line nor a \\boxed{} answer".to_string())
-            })?,
-            Some((_, Value::String(s))) if !s.trim().is_empty() => s.trim().to_string(),
-            Some((_, Value::Number(n))) => n.to_string(),
-            Some((k, _)) => {
-                return Err(err(format!("`{k}` must be a non-empty string or a number")));
-            }
-            None => {
-                return Err(err(
-                    "missing `answer` (or `gt` / `final_answer` / `solution`)".to_string(),
-                ));
-            }
-        };
-        if let Some(&first) = seen.get(&id) {
-            return Err(Error::DuplicateId {
+        if self.problems.is_empty() {
+            return Err(Error::EmptyInput {
                 path: origin.to_string(),
-                id,
-                first,
-                second: line,
             });
         }
-        seen.insert(id.clone(), line);
-        out.push(Problem {
-            id,
-            question,
-            answer,
-            line,
-        });
+        Ok(self.problems)
     }
-    if out.is_empty() {
-        return Err(Error::EmptyInput {
-            path: origin.to_string(),
-        });
+}
+
+/// `line 3: invalid JSON ...; line 9: ...`, at most 20 lines then a count.
+pub fn list_bad_lines(bad: &[BadLine]) -> String {
+    const SHOWN: usize = 20;
+    let mut parts: Vec<String> = bad
+        .iter()
+        .take(SHOWN)
+        .map(|b| format!("line {}: {}", b.line, b.message))
+        .collect();
+    if bad.len() > SHOWN {
+        parts.push(format!("and {} more", bad.len() - SHOWN));
     }
-    Ok(out)
+    parts.join("; ")
+}
+
+/// Reads a problems file (JSONL). Any bad line is an error that lists every bad line.
+pub fn read_problems(path: impl AsRef<Path>) -> Result<Vec<Problem>> {
+    let path = path.as_ref();
+    let origin = path.display().to_string();
+    scan_problems_file(path)?.into_strict(&origin)
+}
+
+/// Reads a problems file leniently: good problems and bad lines (invalid UTF-8 is a bad line).
+pub fn scan_problems_file(path: impl AsRef<Path>) -> Result<ProblemsScan> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(scan_problems(&bytes))
+}
+
+/// Parses problems JSONL; `origin` names the source in errors. Blank lines are skipped; a bad
+/// line (invalid JSON, missing or mistyped field, duplicate id) is an error, and with several
+/// bad lines the error lists them all.
+pub fn parse_problems(text: &str, origin: &str) -> Result<Vec<Problem>> {
+    scan_problems(text.as_bytes()).into_strict(origin)
+}
+
+/// Reads every line of problems JSONL, never failing: each line is a problem, blank, or a
+/// [`BadLine`]. A later line that repeats an id is a bad line naming the first one.
+pub fn scan_problems(bytes: &[u8]) -> ProblemsScan {
+    let mut scan = ProblemsScan::default();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = match std::str::from_utf8(raw) {
+            Ok(text) => parse_problem_line(text, line),
+            Err(e) => Err(format!(
+                "not valid UTF-8 (byte {} of the line)",
+                e.valid_up_to() + 1
+            )),
+        };
+        let problem = parsed.and_then(|p| match seen.get(&p.id) {
+            Some(&first) => Err(format!("duplicate id {:?} (first on line {first})", p.id)),
+            None => Ok(p),
+        });
+        match problem {
+            Ok(p) => {
+                seen.insert(p.id.clone(), line);
+                scan.problems.push(p);
+            }
+            Err(message) => scan.bad.push(BadLine { line, message }),
+        }
+    }
+    scan
+}
+
+fn parse_problem_line(raw: &str, line: usize) -> std::result::Result<Problem, String> {
+    let v: Value = serde_json::from_str(raw).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = v.as_object().ok_or_else(|| {
+        format!(
+            "expected a JSON object, found {}",
+            match v {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )
+    })?;
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => format!("line-{line}"),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => {
+            return Err(format!(
+                "`id` must be a non-empty string or a number, found {other}"
+            ));
+        }
+    };
+    let question = match QUESTION_KEYS
+        .iter()
+        .find_map(|k| obj.get(*k).map(|v| (*k, v)))
+    {
+        Some((_, Value::String(s))) if !s.trim().is_empty() => s.clone(),
+        Some((k, _)) => return Err(format!("`{k}` must be a non-empty string")),
+        None => return Err("missing `question` (or `problem` / `prompt`)".to_string()),
+    };
+    let answer = match ANSWER_KEYS
+        .iter()
+        .find_map(|k| obj.get(*k).map(|v| (*k, v)))
+    {
+        Some(("solution", Value::String(s))) => solution_answer(s).ok_or_else(|| {
+            "`solution` has neither a `#### N` line nor a \\boxed{} answer".to_string()
+        })?,
+        Some((_, Value::String(s))) if !s.trim().is_empty() => s.trim().to_string(),
+        Some((_, Value::Number(n))) => n.to_string(),
+        Some((k, _)) => return Err(format!("`{k}` must be a non-empty string or a number")),
+        None => {
+            return Err("missing `answer` (or `gt` / `final_answer` / `solution`)".to_string());
+        }
+    };
+    Ok(Problem {
+        id,
+        question,
+        answer,
+        line,
+    })
 }
 
 /// The answer of a worked solution: the GSM8K `#### N` tail, else the last `\boxed{}`.
@@ -263,6 +344,13 @@ pub struct Record {
 /// Where the driver puts finished records.
 pub trait RecordSink {
     fn write_record(&mut self, record: &Record) -> Result<()>;
+
+    /// Makes every record written so far durable. The driver calls it after each round that
+    /// wrote records, when it stops early, and once at the end of a run (also when nothing was
+    /// written, so that a file sink exists afterwards).
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl RecordSink for Vec<Record> {
@@ -290,57 +378,159 @@ pub struct ResumeInfo {
     pub done: HashSet<String>,
     /// Complete records found.
     pub records: usize,
-    /// Bytes of a torn last line that were cut away.
+    /// Bytes of a torn last line that will be cut away (when the first record is written).
     pub truncated_bytes: u64,
 }
 
-/// Appends records to a JSONL file, each with one `write_all` + flush.
+/// Appends records to a JSONL file.
+///
+/// **Crash safety.** Each record is serialized first and written as one whole line (record +
+/// `\n`) with a single `write_all`; the driver calls [`RecordSink::sync`] (`fdatasync`) after
+/// every round that wrote records. A process killed at any moment leaves complete lines plus at
+/// most one torn last line, which `--resume` cuts away; a line that was complete stays
+/// byte-identical. **Nothing is touched before the first write:** [`RecordWriter::open`] only
+/// checks and reads, so a run that fails while loading models leaves an existing output (and a
+/// missing one) exactly as it was; the file is created, truncated (`--overwrite`) or cut back to
+/// its last complete record (`--resume`) when the first record is written or at the end of the
+/// run.
 #[derive(Debug)]
 pub struct RecordWriter {
-    file: File,
+    file: Option<File>,
     path: PathBuf,
+    /// Resume: keep the first `n` bytes and append after them. `None`: start an empty file.
+    keep: Option<u64>,
 }
 
 impl RecordWriter {
-    /// Opens `path` for output. With `mode.resume` the complete records are kept (a torn last
-    /// line is truncated away) and their ids returned; records with another fingerprint are an
-    /// error unless `mode.force`.
+    /// Checks `path` for output and, with `mode.resume`, reads the complete records there (a
+    /// torn last line is noted, and cut away at the first write) and returns their ids;
+    /// records with another fingerprint are an error unless `mode.force`. Changes nothing on
+    /// disk.
     pub fn open(
         path: impl AsRef<Path>,
         mode: OutputMode,
         fingerprint: &str,
     ) -> Result<(Self, ResumeInfo)> {
         let path = path.as_ref().to_path_buf();
-        let exists_nonempty = std::fs::metadata(&path)
-            .map(|m| m.len() > 0)
-            .unwrap_or(false);
-        if mode.resume && exists_nonempty {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            let info = scan_existing(&mut file, &path, fingerprint, mode.force)?;
-            file.seek(SeekFrom::End(0))
-                .map_err(|e| Error::io(&path, e))?;
-            return Ok((RecordWriter { file, path }, info));
+        let shown = path.display().to_string();
+        let bad = |message: String| Error::OutputPath {
+            path: shown.clone(),
+            message,
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        match &meta {
+            Some(m) if m.is_dir() => return Err(bad("it is a directory".into())),
+            Some(m) if m.permissions().readonly() => {
+                return Err(bad("the file is read-only".into()));
+            }
+            Some(_) => {}
+            None => {
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                match std::fs::metadata(&parent) {
+                    Ok(m) if m.is_dir() => {
+                        if m.permissions().readonly() {
+                            return Err(bad(format!(
+                                "directory {} is read-only",
+                                parent.display()
+                            )));
+                        }
+                    }
+                    Ok(_) => return Err(bad(format!("{} is not a directory", parent.display()))),
+                    Err(_) => {
+                        return Err(bad(format!(
+                            "directory {} does not exist",
+                            parent.display()
+                        )));
+                    }
+                }
+            }
         }
-        if exists_nonempty && !mode.overwrite && !mode.resume {
-            return Err(Error::OutputExists {
-                path: path.display().to_string(),
-            });
+        let nonempty = meta.as_ref().is_some_and(|m| m.len() > 0);
+        if mode.resume && nonempty {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let (info, good_end) = scan_existing(&bytes, &path, fingerprint, mode.force)?;
+            let writer = RecordWriter {
+                file: None,
+                path,
+                keep: Some(good_end as u64),
+            };
+            return Ok((writer, info));
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok((RecordWriter { file, path }, ResumeInfo::default()))
+        if nonempty && !mode.overwrite && !mode.resume {
+            return Err(Error::OutputExists { path: shown });
+        }
+        let writer = RecordWriter {
+            file: None,
+            path,
+            keep: None,
+        };
+        Ok((writer, ResumeInfo::default()))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open file: created / truncated / cut back to its complete records on first use.
+    fn file(&mut self) -> Result<&mut File> {
+        if self.file.is_none() {
+            let path = &self.path;
+            let file = match self.keep {
+                Some(keep) => {
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| Error::io(path, e))?;
+                    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+                    if len > keep {
+                        tracing::warn!(
+                            "{}: cutting away a torn last record ({} bytes)",
+                            path.display(),
+                            len - keep
+                        );
+                        f.set_len(keep).map_err(|e| Error::io(path, e))?;
+                        f.sync_data().map_err(|e| Error::io(path, e))?;
+                    }
+                    f.seek(SeekFrom::Start(keep))
+                        .map_err(|e| Error::io(path, e))?;
+                    f
+                }
+                None => {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true)
+                        .open(path)
+                        .map_err(|e| Error::io(path, e))?;
+                    sync_parent_dir(path);
+                    f
+                }
+            };
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+}
+
+/// Makes a newly created file's directory entry durable (best effort: not every platform and
+/// file system can sync a directory).
+fn sync_parent_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 
@@ -348,22 +538,25 @@ impl RecordSink for RecordWriter {
     fn write_record(&mut self, record: &Record) -> Result<()> {
         let mut buf = serde_json::to_vec(record).map_err(|e| Error::io(&self.path, e.into()))?;
         buf.push(b'\n');
-        self.file
-            .write_all(&buf)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
+        let path = self.path.clone();
+        let file = self.file()?;
+        file.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+        file.flush().map_err(|e| Error::io(&path, e))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        self.file()?.sync_data().map_err(|e| Error::io(&path, e))
     }
 }
 
+/// Reads existing output: (what is complete, byte length of the complete lines).
 fn scan_existing(
-    file: &mut File,
+    bytes: &[u8],
     path: &Path,
     fingerprint: &str,
     force: bool,
-) -> Result<ResumeInfo> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
+) -> Result<(ResumeInfo, usize)> {
     let mut info = ResumeInfo::default();
     let mut pos = 0usize;
     let mut line = 0usize;
@@ -390,12 +583,18 @@ fn scan_existing(
                         expected: fingerprint.to_string(),
                     });
                 }
-                info.done.insert(id);
+                if !info.done.insert(id.clone()) {
+                    return Err(Error::CorruptOutput {
+                        path: path.display().to_string(),
+                        line,
+                        message: format!("a second record for id {id:?}"),
+                    });
+                }
                 info.records += 1;
             }
             Err(message) if is_last => {
                 tracing::warn!(
-                    "{}:{line}: torn last record ({message}); truncating it",
+                    "{}:{line}: torn last record ({message}); it will be cut away",
                     path.display()
                 );
                 break;
@@ -411,13 +610,8 @@ fn scan_existing(
         pos = end + 1;
         good_end = pos.min(bytes.len());
     }
-    if good_end < bytes.len() {
-        info.truncated_bytes = (bytes.len() - good_end) as u64;
-        file.set_len(good_end as u64)
-            .map_err(|e| Error::io(path, e))?;
-        file.sync_data().map_err(|e| Error::io(path, e))?;
-    }
-    Ok(info)
+    info.truncated_bytes = (bytes.len() - good_end) as u64;
+    Ok((info, good_end))
 }
 
 /// `Ok(None)` for a blank line, else (id, config.pool).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use common::*;
 use cord_decode::backend::{Finish, Proposal};
-use cord_decode::io::{OutputMode, Problem, RecordWriter};
+use cord_decode::io::{OutputMode, Problem, RecordSink, RecordWriter};
 use cord_decode::scripted::ScriptedBackend;
 use cord_decode::seed::{fnv1a64, splitmix64};
 use cord_decode::{Error, PoolConfig, Settings, run};
@@ -213,7 +213,11 @@ fn resume_refuses_an_output_of_another_run_unless_forced() {
         overwrite: true,
         ..OutputMode::default()
     };
-    RecordWriter::open(&path, overwrite, &fp_b).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let (mut w, _) = RecordWriter::open(&path, overwrite, &fp_b).unwrap();
+    // Opening changes nothing; the file is replaced when the run writes (or ends).
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    w.sync().unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
 }
 

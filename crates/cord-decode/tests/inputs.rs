@@ -87,9 +87,10 @@ fn duplicate_ids_and_empty_files() {
 {"id": "x", "question": "Q", "answer": "2"}
 "#;
     match parse_problems(text, "in.jsonl").unwrap_err() {
-        Error::DuplicateId {
-            id, first, second, ..
-        } => assert_eq!((id.as_str(), first, second), ("x", 1, 3)),
+        Error::Input { line, message, .. } => {
+            assert_eq!(line, 3);
+            assert_eq!(message, "duplicate id \"x\" (first on line 1)");
+        }
         e => panic!("unexpected {e}"),
     }
     assert!(matches!(

@@ -1,10 +1,7 @@
 //! End-to-end synthesis over the real engine backend, on two tiny generated models with
-//! different architectures and tokenizers (see `common/tiny.rs`): a full run writes valid
+//! different architectures and tokenizers (see `cord_testkit::tiny`): a full run writes valid
 //! records, equal seeds give byte-identical files whatever `problems_in_flight` is, and a
 //! resumed run after a torn or missing last record writes every id exactly once.
-
-#[path = "common/tiny.rs"]
-mod tiny;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,9 +14,9 @@ use cord_decode::search::{Settings, score_context};
 use cord_decode::{
     AnswerRequest, Backend, Finish, PoolConfig, ProposeRequest, ScoreRequest, Summary,
 };
+use cord_testkit::tiny::{self, Tiny};
 use serde_json::Value;
 use tempfile::TempDir;
-use tiny::Tiny;
 
 const TEACHERS: [&str; 2] = ["byte-llama", "bpe-qwen2"];
 const IDS: [&str; 3] = ["gsm-1", "gsm-2", "gsm-3"];

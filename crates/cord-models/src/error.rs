@@ -42,6 +42,8 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot read weights {}: {msg}", path.display())]
+    Weights { path: PathBuf, msg: String },
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
     #[error("hub download of `{file}` from `{repo}` failed: {msg}")]

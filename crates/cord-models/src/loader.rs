@@ -206,6 +206,88 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     })
 }
 
+/// Every token id of the tokenizer must index the model's embedding: an id at or past
+/// `vocab_size` would make the model read past its embedding table.
+fn check_vocab(
+    tok: &Tokenizer,
+    cfg: &ModelConfig,
+    tok_origin: &Path,
+    cfg_origin: &str,
+) -> Result<()> {
+    let max_id = tok.get_vocab(true).into_values().max();
+    if let Some(max_id) = max_id
+        && max_id as usize >= cfg.vocab_size
+    {
+        return Err(ModelError::Tokenizer {
+            path: tok_origin.to_path_buf(),
+            msg: format!(
+                "token id {max_id} does not fit the model: vocab_size is {} in {cfg_origin}",
+                cfg.vocab_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Cheap checks of a model spec that read no weights, so that a pool with a bad model is
+/// refused before anything is loaded: a local directory must hold a `config.json` of a
+/// supported architecture, a `tokenizer.json` and safetensors files; a file must be a `.gguf`;
+/// anything else must be a hub id (`org/name`; resolved, and downloaded if allowed, by [`load`]).
+pub fn check_spec(spec: &str) -> Result<()> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        let config_path = path.join("config.json");
+        if !config_path.is_file() {
+            return Err(ModelError::MissingFile {
+                what: "config.json".into(),
+                path: config_path,
+            });
+        }
+        ModelConfig::from_hf_json(
+            &read_json(&config_path)?,
+            &config_path.display().to_string(),
+        )?;
+        let tok = path.join("tokenizer.json");
+        if !tok.is_file() {
+            return Err(ModelError::MissingFile {
+                what: "tokenizer".into(),
+                path: tok,
+            });
+        }
+        safetensors_files(path)?;
+        return Ok(());
+    }
+    if path.is_file() {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Ok(());
+        }
+        return Err(ModelError::InvalidConfig {
+            key: "model spec".into(),
+            origin: spec.into(),
+            msg: "a file must be a .gguf; give a directory for safetensors checkpoints".into(),
+        });
+    }
+    let path_like = spec.starts_with(['/', '.', '~']) || spec.contains('\\');
+    if path_like || HubSpec::parse(spec).is_none() {
+        return Err(ModelError::ModelNotFound {
+            spec: spec.into(),
+            looked: vec![format!(
+                "local path {} (does not exist{})",
+                path.display(),
+                if path_like {
+                    ""
+                } else {
+                    "; not a hub id either"
+                }
+            )],
+        });
+    }
+    Ok(())
+}
+
 /// `"<s>"` or `{"content": "<s>", ...}`.
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -252,7 +334,14 @@ fn load_dir(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let files = safetensors_files(dir)?;
     // SAFETY: the files are mapped read-only; as for every mmap, they must not be modified
     // while the model is alive.
-    let st = unsafe { MmapedSafetensors::multi(&files)? };
+    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Weights {
+        path: if files.len() == 1 {
+            files[0].clone()
+        } else {
+            dir.to_path_buf()
+        },
+        msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+    })?;
     let src = WeightSource::Safetensors {
         st,
         origin: if files.len() == 1 {
@@ -261,8 +350,10 @@ fn load_dir(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             format!("{} ({} shards)", dir.display(), files.len())
         },
     };
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = load_tokenizer(&tok_path)?;
+    check_vocab(&tokenizer, &cfg, &tok_path, &origin)?;
     let model = Model::from_source(&cfg, &src, opts.dtype, &opts.device)?;
-    let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
 
     let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let mut chat_template = chat_template_of(tok_cfg.get("chat_template"));
@@ -321,13 +412,39 @@ fn gguf_token(content: &gguf_file::Content, id: Option<usize>) -> Option<String>
     }
 }
 
+/// The ggml name of a tensor type number (those candle cannot read included).
+fn ggml_type_name(t: u32) -> &'static str {
+    const NAMES: &[&str] = &[
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+    ];
+    NAMES.get(t as usize).copied().unwrap_or("unknown")
+}
+
 fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let origin = path.display().to_string();
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::InvalidConfig {
-        key: "GGUF header".into(),
-        origin: origin.clone(),
-        msg: e.to_string(),
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        let msg = e.to_string();
+        match msg
+            .strip_prefix("unknown dtype for tensor ")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+        {
+            Some(t) => ModelError::InvalidConfig {
+                key: "GGUF tensor type".into(),
+                origin: origin.clone(),
+                msg: format!(
+                    "unsupported tensor type {t} ({}); cord reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and Q2_K..Q8_K",
+                    ggml_type_name(t)
+                ),
+            },
+            None => ModelError::InvalidConfig {
+                key: "GGUF header".into(),
+                origin: origin.clone(),
+                msg,
+            },
+        }
     })?;
     let mut cfg = ModelConfig::from_gguf(&content, &origin)?;
     if content.tensor_infos.contains_key("rope_freqs.weight") {
@@ -368,6 +485,7 @@ fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel>
             }
         })?,
     };
+    check_vocab(&tokenizer, &cfg, path, &origin)?;
     let mut chat_template = gguf_string(&content, "tokenizer.chat_template");
     let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     if chat_template.is_none() {

@@ -28,7 +28,7 @@ pub enum EngineError {
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
     #[error(
-        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool); raise kv_memory"
+        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool); give it more KV memory (cord: --kv-mib)"
     )]
     KvTooSmall {
         model: String,
@@ -228,6 +228,22 @@ pub struct Engine {
 impl Engine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What can be checked of a model without loading it: that `device` exists in this build
+    /// and that `spec` names a model ([`cord_models::check_spec`]: a local checkpoint's config,
+    /// tokenizer and weight files, a `.gguf` file or a hub id). Reads no weights.
+    pub fn check_model(spec: &str, device: DeviceSpec) -> Result<()> {
+        if let DeviceSpec::Cuda(_) = device
+            && !candle_core::utils::cuda_is_available()
+        {
+            return Err(EngineError::DeviceUnavailable {
+                device: device.to_string(),
+                message: "this build of cord has no CUDA support (rebuild with --features cuda)"
+                    .into(),
+            });
+        }
+        cord_models::check_spec(spec).map_err(|e| model_err(spec, e))
     }
 
     /// The candle device for a spec; one per ordinal, shared by every model placed there.

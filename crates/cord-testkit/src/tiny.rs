@@ -18,7 +18,6 @@
 //!
 //! Random weights produce gibberish; the tests that use these models check mechanics only.
 //! Everything here is deterministic in `seed`.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -165,7 +164,7 @@ pub fn tokenizer(kind: Tiny) -> Tokenizer {
 }
 
 /// Token id of `s` in `tok` (panics if absent).
-fn id(tok: &Tokenizer, s: &str) -> u32 {
+pub fn id(tok: &Tokenizer, s: &str) -> u32 {
     tok.token_to_id(s)
         .unwrap_or_else(|| panic!("token {s:?} missing"))
 }
@@ -255,7 +254,8 @@ pub fn generation_config_json(kind: Tiny, tok: &Tokenizer) -> Value {
     json!({"eos_token_id": eos, "do_sample": true, "temperature": 0.6, "top_p": 0.95})
 }
 
-fn write_json(path: &Path, v: &Value) {
+/// Writes `v` as pretty JSON to `path`.
+pub fn write_json(path: &Path, v: &Value) {
     std::fs::write(path, serde_json::to_vec_pretty(v).expect("json")).expect("write json");
 }
 
