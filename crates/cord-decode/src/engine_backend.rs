@@ -9,10 +9,9 @@
 use std::collections::BTreeMap;
 
 use candle_core::DType;
+pub use cord_runtime::engine::Parallel;
 use cord_runtime::engine::ScoreRequest as EngineScore;
-use cord_runtime::engine::{
-    DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats, Parallel,
-};
+use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats};
 use cord_runtime::sampling::SamplingParams;
 
 use crate::backend::{

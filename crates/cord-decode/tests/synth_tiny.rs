@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cord_decode::config::DEFAULT_SUFFIX;
 use cord_decode::driver;
-use cord_decode::engine_backend::{BackendOptions, EngineBackend};
+use cord_decode::engine_backend::{BackendOptions, EngineBackend, Parallel};
 use cord_decode::io::{OutputMode, Problem, Record, RecordWriter, ResumeInfo, read_problems};
 use cord_decode::search::{Settings, score_context};
 use cord_decode::{
@@ -110,9 +110,14 @@ const META: &str = "kind = \"meta-prover\"\nmodel = \"byte-llama\"";
 const CROSS: &str = "kind = \"cross-teacher\"";
 
 fn backend(pool: &PoolConfig) -> EngineBackend {
+    backend_with(pool, Parallel::Device)
+}
+
+fn backend_with(pool: &PoolConfig, parallel: Parallel) -> EngineBackend {
     let opts = BackendOptions {
         kv_memory: 8 << 20,
         max_batch_tokens: 512,
+        parallel,
         ..BackendOptions::default()
     };
     EngineBackend::from_pool(pool, &opts).unwrap()
@@ -657,4 +662,30 @@ fn engine_backend_contract_on_tiny_models() {
     assert!(b.count_tokens(1, text).unwrap() < text.len());
     assert_eq!(b.num_teachers(), 2);
     assert_eq!(b.teacher_name(1), TEACHERS[1]);
+}
+
+/// Teachers on different devices run their batches on separate threads at once
+/// (`Parallel::Device`); `Parallel::Model` forces that on one CPU, so the threaded path is
+/// checked here: the same records as everything on the calling thread.
+#[test]
+fn models_on_separate_threads_give_the_same_records() {
+    let f = Fixture::new();
+    let pool = f.pool(7, 3, META);
+    let run = |parallel: Parallel, name: &str| {
+        let out = f.out(name);
+        let (mut writer, _) = RecordWriter::open(&out, fresh(), &pool.fingerprint()).unwrap();
+        let mut b = backend_with(&pool, parallel);
+        let settings = Settings::shared(&pool).unwrap();
+        driver::run(&mut b, &settings, f.problems(), &mut writer, &mut |_| {}).unwrap();
+        drop(writer);
+        check_records(&out, &pool, &f.problems());
+        std::fs::read(&out).unwrap()
+    };
+    let threaded = run(Parallel::Model, "threaded.jsonl");
+    let inline = run(Parallel::None, "inline.jsonl");
+    assert_same_records(
+        &threaded,
+        &inline,
+        "one thread per model vs the calling thread",
+    );
 }
