@@ -46,7 +46,7 @@ out, n = sys.argv[1], int(sys.argv[2])
 def get(kind, r):
     d = json.load(open(f"{out}/decode-{kind}-{r}.json"))
     if kind == "cord":
-        return d["cases"][0]["decode_tokens_per_s"]["mean"]
+        return d["results"]["cases"][0]["decode_tokens_per_s"]["mean"]
     return d["cases"][0]["decode_tok_s"]["median"]
 rows = {k: [get(k, r) for r in range(1, n + 1)] for k in ("cord", "llama", "hf")}
 print("single-sequence decode, tokens/s (median, min-max over", n, "interleaved runs)")
@@ -72,8 +72,9 @@ st = json.load(open(f"{out}/cord-synth-stats.json"))
 hf = json.load(open(f"{out}/hf-cord.json"))
 wall = float(open(f"{out}/cord-synth.time").read().split()[-1])
 n = hf["problems"]
-recs = [json.loads(l) for l in open(f"{out}/cord-synth.jsonl")]
-cord_pp = sum(r["stats"]["seconds"] for r in recs if r.get("stats")) / max(1, len(recs))
+# cord runs all problems at once: seconds per problem = the run's wall time (models loaded) / n.
+summ = st["summary"]
+cord_pp = summ["seconds"] / max(1, summ["problems"])
 print(f"CoRD loop, {n} problems, same pool/budgets: seconds per problem (search only, models loaded)")
 print(f"  cord   {cord_pp:8.1f}   (whole process {wall:.1f} s incl. load)")
 print(f"  hf-py  {hf['seconds_per_problem']:8.1f}   (load {hf['load_seconds']:.1f} s, scoring share {hf['score_share']:.0%})")
