@@ -99,7 +99,7 @@ dtype = "f32"
 fn synth_runs_two_problems_with_the_demo_pool() {
     let Some(dir) = assets::require(
         "synth_runs_two_problems_with_the_demo_pool",
-        &["qwen2.5-coder-0.5b/model.gguf", "smollm2-135m/model.gguf"],
+        &["qwen2.5-coder-1.5b/model.gguf", "smollm2-135m/model.gguf"],
     ) else {
         return;
     };
@@ -141,10 +141,11 @@ fn synth_runs_two_problems_with_the_demo_pool() {
             "{} steps",
             r.steps.len()
         );
+        let names: Vec<&str> = pool.teachers.iter().map(|t| t.name.as_str()).collect();
         assert!(
-            r.steps
-                .iter()
-                .all(|s| s.teacher == "qwen-0.5b" || s.teacher == "smollm2-135m")
+            r.steps.iter().all(|s| names.contains(&s.teacher.as_str())),
+            "step teachers {:?} not all in the pool {names:?}",
+            r.steps.iter().map(|s| &s.teacher).collect::<Vec<_>>()
         );
         assert!(r.steps.iter().all(|s| s.score > 0.0 && s.score <= 1.0));
         assert!(r.score > 0.0 && r.score <= 1.0);
