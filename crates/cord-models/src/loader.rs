@@ -206,18 +206,31 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     })
 }
 
-/// Every token id of the tokenizer must index the model's embedding: an id at or past
-/// `vocab_size` would make the model read past its embedding table.
+/// Every regular token id of the tokenizer must index the model's embedding: an id at or past
+/// `vocab_size` would make the model read past its embedding table. Special added tokens past
+/// the table are tolerated with a warning (Gemma 3's tokenizer has `<image_soft_token>` =
+/// 262144 over a 262144-row text embedding): they only appear when a prompt spells them out,
+/// and the engine refuses such a prompt.
 fn check_vocab(
     tok: &Tokenizer,
     cfg: &ModelConfig,
     tok_origin: &Path,
     cfg_origin: &str,
 ) -> Result<()> {
-    let max_id = tok.get_vocab(true).into_values().max();
-    if let Some(max_id) = max_id
-        && max_id as usize >= cfg.vocab_size
-    {
+    let added = tok.get_added_tokens_decoder();
+    let mut special_over = Vec::new();
+    let mut regular_max: Option<u32> = None;
+    for (text, id) in tok.get_vocab(true) {
+        if (id as usize) < cfg.vocab_size {
+            continue;
+        }
+        if added.get(&id).is_some_and(|t| t.special) {
+            special_over.push((id, text));
+        } else {
+            regular_max = Some(regular_max.map_or(id, |m| m.max(id)));
+        }
+    }
+    if let Some(max_id) = regular_max {
         return Err(ModelError::Tokenizer {
             path: tok_origin.to_path_buf(),
             msg: format!(
@@ -225,6 +238,15 @@ fn check_vocab(
                 cfg.vocab_size
             ),
         });
+    }
+    if !special_over.is_empty() {
+        special_over.sort();
+        tracing::warn!(
+            "{}: special token(s) {:?} lie past the model's vocab_size {}; prompts containing them are refused",
+            tok_origin.display(),
+            special_over,
+            cfg.vocab_size
+        );
     }
     Ok(())
 }

@@ -551,7 +551,22 @@ impl EngineModel {
             .map_err(|e| model_err(&self.name, e))?;
         let mut ids = enc.get_ids().to_vec();
         self.maybe_bos(text, &mut ids);
+        self.check_ids(&ids)?;
         Ok(ids)
+    }
+
+    /// Refuses token ids past the embedding table (a special token the tokenizer knows but the
+    /// model has no row for, written literally in the text).
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.loaded.model.config().vocab_size;
+        match ids.iter().find(|&&t| t as usize >= vocab) {
+            Some(&t) => Err(EngineError::Invalid(format!(
+                "{}: the text contains token {t} ({:?}), which the model has no embedding for (vocab_size {vocab})",
+                self.name,
+                self.loaded.tokenizer.id_to_token(t).unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn bos_id(&self) -> Option<u32> {
@@ -852,6 +867,7 @@ impl EngineModel {
                 .encode(text.as_str(), false)
                 .map_err(|e| model_err(&self.name, e))?;
             let mut ids = enc.get_ids().to_vec();
+            self.check_ids(&ids)?;
             let ctx_len = r.context.len();
             let mut first = enc
                 .get_offsets()
