@@ -245,7 +245,8 @@ fn strip_generation_tags(src: &str) -> String {
     while let Some(pos) = rest.find("{%") {
         out.push_str(&rest[..pos]);
         let tag = &rest[pos..];
-        let Some(close) = tag.find("%}") else {
+        // The close marker is searched after the opening one: in `{%}` the `%}` overlaps it.
+        let Some(close) = tag[2..].find("%}").map(|c| c + 2) else {
             out.push_str(tag);
             return out;
         };

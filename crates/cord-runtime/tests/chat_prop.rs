@@ -100,3 +100,14 @@ proptest! {
         prop_assert!(out.starts_with(&expected), "{:?}", out);
     }
 }
+
+/// Found by the property test above (CI, 2026-11-29): `{%}` made the `{% generation %}`
+/// rewriter slice backwards (its `%}` overlaps the opening `{%`) and panic.
+#[test]
+fn overlapping_tag_markers_are_an_error_not_a_panic() {
+    for source in ["{%}}", "{%}", "a{%}b%}", "{%- %}", "{%%}"] {
+        if let Ok(t) = ChatTemplate::new(source, "", "") {
+            let _ = t.prompt_with_prefill(None, "q", "<think>\n### Step 1.");
+        }
+    }
+}
