@@ -18,7 +18,7 @@ use cord_testkit::tiny::{self, Tiny};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const TEACHERS: [&str; 2] = ["byte-llama", "bpe-qwen2"];
+const TEACHERS: [&str; 2] = tiny::POOL_TEACHERS;
 const IDS: [&str; 3] = ["gsm-1", "gsm-2", "gsm-3"];
 
 struct Fixture {
@@ -60,7 +60,6 @@ impl Fixture {
 
     /// As [`Fixture::pool`] with extra `[search]` lines.
     fn pool_with(&self, seed: u64, in_flight: usize, scorer: &str, search: &str) -> PoolConfig {
-        let toml_str = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
         let text = format!(
             r#"
 [search]
@@ -75,29 +74,8 @@ problems_in_flight = {in_flight}
 record_timing = false
 {search}
 
-[scorer]
-{scorer}
-
-[[teacher]]
-name = "{t0}"
-model = {m0}
-device = "cpu"
-dtype = "f32"
-temperature = 0.8
-
-[[teacher]]
-name = "{t1}"
-model = {m1}
-device = "cpu"
-dtype = "f32"
-temperature = 0.6
-top_k = 64
 "#,
-            t0 = TEACHERS[0],
-            t1 = TEACHERS[1],
-            m0 = toml_str(&self.llama),
-            m1 = toml_str(&self.qwen2),
-        );
+        ) + &tiny::pool_tables(&self.llama, &self.qwen2, scorer);
         PoolConfig::from_toml_str(&text, "tiny-pool").unwrap()
     }
 

@@ -283,3 +283,37 @@ pub fn write_model(dir: &Path, kind: Tiny, seed: u64) -> PathBuf {
         .expect("save safetensors");
     dir.to_path_buf()
 }
+
+/// Teacher names of the tiny pool written by [`pool_tables`]: [`Tiny::ByteLlama`], [`Tiny::BpeQwen2`].
+pub const POOL_TEACHERS: [&str; 2] = ["byte-llama", "bpe-qwen2"];
+
+/// The `[scorer]` table (body `scorer`) and the two `[[teacher]]` tables of a pool over both tiny
+/// models on the CPU; the caller writes the `[search]` table before it.
+pub fn pool_tables(llama: &Path, qwen2: &Path, scorer: &str) -> String {
+    let q = |p: &Path| json!(p.display().to_string()).to_string();
+    format!(
+        r#"
+[scorer]
+{scorer}
+
+[[teacher]]
+name = "{t0}"
+model = {m0}
+device = "cpu"
+dtype = "f32"
+temperature = 0.8
+
+[[teacher]]
+name = "{t1}"
+model = {m1}
+device = "cpu"
+dtype = "f32"
+temperature = 0.6
+top_k = 64
+"#,
+        t0 = POOL_TEACHERS[0],
+        t1 = POOL_TEACHERS[1],
+        m0 = q(llama),
+        m1 = q(qwen2),
+    )
+}

@@ -9,7 +9,7 @@ use cord_testkit::tiny::{self, Tiny};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-pub const TEACHERS: [&str; 2] = ["byte-llama", "bpe-qwen2"];
+pub const TEACHERS: [&str; 2] = tiny::POOL_TEACHERS;
 
 pub struct Fixture {
     pub dir: TempDir,
@@ -53,7 +53,6 @@ impl Fixture {
 pub const META: &str = "kind = \"meta-prover\"\nmodel = \"byte-llama\"";
 
 pub fn pool_text(llama: &Path, qwen2: &Path, search: &str, scorer: &str) -> String {
-    let q = |p: &Path| json!(p.display().to_string()).to_string();
     format!(
         r#"[search]
 method = "cord"
@@ -66,29 +65,8 @@ seed = 3
 problems_in_flight = 4
 {search}
 
-[scorer]
-{scorer}
-
-[[teacher]]
-name = "{t0}"
-model = {m0}
-device = "cpu"
-dtype = "f32"
-temperature = 0.8
-
-[[teacher]]
-name = "{t1}"
-model = {m1}
-device = "cpu"
-dtype = "f32"
-temperature = 0.6
-top_k = 64
 "#,
-        t0 = TEACHERS[0],
-        t1 = TEACHERS[1],
-        m0 = q(llama),
-        m1 = q(qwen2),
-    )
+    ) + &tiny::pool_tables(llama, qwen2, scorer)
 }
 
 /// `n` problems `p0..p{n-1}`, one JSON object per line.
