@@ -33,7 +33,7 @@ use cord_decode::config::{Method, PoolConfig, SearchOverrides};
 use cord_decode::engine_backend::{BackendOptions, EngineBackend};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
-use cord_models::{LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
+use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
 use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -59,6 +59,19 @@ enum BenchCmd {
     Score(ScoreArgs),
     /// End-to-end synthesis over a pool and a problems file.
     Synth(SynthArgs),
+    /// The custom ops (fused log-prob, paged attention, KV write, block copy) on a device
+    /// against their references; exits non-zero on a mismatch.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// `cuda:N` compares each kernel with its CPU reference; `cpu` compares the CPU references
+    /// with naive code.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Flags every subcommand has.
@@ -94,6 +107,10 @@ struct Target {
     /// Seed of the random weights and the random prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Attention path: `paged` (the paged-attention op) or `gather` (per-sequence gather +
+    /// matmuls); default: paged on CUDA, gather on the CPU.
+    #[arg(long, value_parser = ["paged", "gather"])]
+    attention: Option<String>,
 }
 
 #[derive(Args)]
@@ -185,8 +202,78 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         BenchCmd::Beam(a) => beam(a),
         BenchCmd::Score(a) => score(a),
         BenchCmd::Synth(a) => synth(a),
+        BenchCmd::Kernels(a) => return kernels(a),
     }
     .map(|_| ExitCode::SUCCESS)
+}
+
+/// `cord bench kernels`: every custom op on the device against its reference (see
+/// `cord_kv::ops::check::parity` and `cord_runtime::logprob::parity`).
+fn kernels(a: KernelsArgs) -> Result<ExitCode> {
+    let spec = DeviceSpec::parse(&a.device)?;
+    let dev = Engine::new().device(spec)?;
+    let t0 = Instant::now();
+    let mut results = cord_runtime::logprob::parity(&dev)?;
+    results.extend(cord_kv::ops::check::parity(&dev)?);
+    let secs = t0.elapsed().as_secs_f64();
+    // One row per op and dtype: cases, worst error, tolerance, verdict.
+    let mut groups: BTreeMap<(&str, String), (usize, f64, f64, usize)> = BTreeMap::new();
+    for r in &results {
+        let g = groups
+            .entry((r.op, r.dtype.clone()))
+            .or_insert((0, 0.0, r.tol, 0));
+        g.0 += 1;
+        g.1 = g.1.max(r.max_err);
+        g.3 += usize::from(!r.ok);
+    }
+    let reference = if dev.is_cpu() {
+        "naive code"
+    } else {
+        "the CPU reference"
+    };
+    let mut out = table_out(&a.common);
+    let _ = writeln!(out, "kernels on {spec} vs {reference} ({secs:.1} s)");
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|((op, dt), (n, err, tol, bad))| {
+            vec![
+                op.to_string(),
+                dt.to_lowercase(),
+                n.to_string(),
+                format!("{err:.2e}"),
+                format!("{tol:.0e}"),
+                if *bad == 0 {
+                    "ok".into()
+                } else {
+                    format!("{bad} FAILED")
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &mut *out,
+        &["op", "dtype", "cases", "max rel err", "tol", "result"],
+        &rows,
+    );
+    let failed: Vec<&cord_kv::ops::check::Parity> = results.iter().filter(|r| !r.ok).collect();
+    for r in failed.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "FAILED {} {} {}: error {:.3e} > {:.0e}",
+            r.op, r.dtype, r.case, r.max_err, r.tol
+        );
+    }
+    write_json(
+        &a.common,
+        "kernels",
+        json!({ "device": spec.to_string() }),
+        json!({ "reference": reference, "seconds": secs, "cases": results }),
+    )?;
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,6 +510,7 @@ impl Subject {
             "device": self.device_spec.to_string(),
             "weight_bytes_per_token": self.weight_bytes,
             "kv_bytes_per_token": self.model.kv_bytes_per_token(),
+            "attention": format!("{:?}", self.model.attention()).to_lowercase(),
         })
     }
 
@@ -482,6 +570,16 @@ fn gguf_weight_bytes(path: &Path) -> Option<u64> {
 }
 
 fn load_subject(t: &Target, engine: &mut Engine) -> Result<Subject> {
+    let mut s = load_subject_model(t, engine)?;
+    match t.attention.as_deref() {
+        Some("paged") => s.model.set_attention(Attention::Paged),
+        Some("gather") => s.model.set_attention(Attention::Gather),
+        _ => {}
+    }
+    Ok(s)
+}
+
+fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let device_spec = DeviceSpec::parse(&t.device)?;
     let device = engine.device(device_spec)?;
     let dtype = match &t.dtype {

@@ -65,9 +65,18 @@ struct ModelArgs {
     /// KV cache memory for the model, in MiB.
     #[arg(long, default_value_t = 1024)]
     kv_mib: u64,
+    /// Share of a GPU's memory that weights + KV may take.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_fraction: f64,
 }
 
 impl ModelArgs {
+    fn engine(&self) -> Result<Engine> {
+        let mut e = Engine::new();
+        e.set_gpu_memory_fraction(self.gpu_memory_fraction)?;
+        Ok(e)
+    }
+
     fn options(&self) -> Result<ModelOptions> {
         Ok(ModelOptions {
             device: DeviceSpec::parse(&self.device)?,
@@ -172,7 +181,7 @@ fn main() -> ExitCode {
 }
 
 fn generate(a: GenerateArgs) -> Result<ExitCode> {
-    let mut engine = Engine::new();
+    let mut engine = a.model.engine()?;
     let id = engine.add_model(&a.model.model, &a.model.options()?)?;
     let prompt = match (&a.prompt, &a.chat) {
         (Some(p), _) => p.clone(),
@@ -219,7 +228,7 @@ fn generate(a: GenerateArgs) -> Result<ExitCode> {
 }
 
 fn score(a: ScoreArgs) -> Result<ExitCode> {
-    let mut engine = Engine::new();
+    let mut engine = a.model.engine()?;
     let id = engine.add_model(&a.model.model, &a.model.options()?)?;
     let outs = engine.score(
         id,

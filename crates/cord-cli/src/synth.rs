@@ -79,6 +79,9 @@ pub struct RunArgs {
     /// KV cache memory per model, MiB.
     #[arg(long, default_value_t = 2048)]
     kv_mib: u64,
+    /// Share of each GPU's memory that the weights + KV pools placed on it may take.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_fraction: f64,
     /// Write the run summary (and per-model engine counters) as JSON here.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -250,6 +253,7 @@ fn run_pool(
     let opts = BackendOptions {
         kv_memory: run.kv_mib << 20,
         device_override: run.device.clone(),
+        gpu_memory_fraction: run.gpu_memory_fraction,
         ..BackendOptions::default()
     };
     EngineBackend::check(pool, &opts)?;

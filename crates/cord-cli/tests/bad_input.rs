@@ -541,6 +541,14 @@ fn kv_memory_of_zero() {
 }
 
 #[test]
+fn gpu_memory_fraction_out_of_range() {
+    Case::new().refused(
+        &["--gpu-memory-fraction", "0"],
+        &["GPU memory fraction must be in (0, 1]"],
+    );
+}
+
+#[test]
 fn kv_memory_too_small_for_one_sequence() {
     // 1 MiB holds 128 blocks of 16 tokens of the tiny models; one byte-level token per
     // character makes this prompt need more.

@@ -32,6 +32,8 @@ pub struct BackendOptions {
     /// How models run concurrently within one round (default: one thread per device, so
     /// teachers on different GPUs decode at the same time).
     pub parallel: Parallel,
+    /// Share of each GPU's memory that weights + KV pools may take (default 0.9).
+    pub gpu_memory_fraction: f64,
 }
 
 impl Default for BackendOptions {
@@ -41,6 +43,7 @@ impl Default for BackendOptions {
             max_batch_tokens: 1024,
             device_override: None,
             parallel: Parallel::Device,
+            gpu_memory_fraction: 0.9,
         }
     }
 }
@@ -139,6 +142,12 @@ impl EngineBackend {
     /// Loads every model of the pool.
     pub fn from_pool(pool: &PoolConfig, opts: &BackendOptions) -> Result<Self> {
         let mut engine = Engine::new();
+        engine
+            .set_gpu_memory_fraction(opts.gpu_memory_fraction)
+            .map_err(|e| Error::Config {
+                key: "gpu_memory_fraction".into(),
+                message: e.to_string(),
+            })?;
         let load = |role: &str,
                     spec: &str,
                     device: Option<&str>,

@@ -320,13 +320,10 @@ impl KvCache {
         Ok(slots)
     }
 
-    /// Copies block `src` into block `dst` for all layers, K and V (in place).
+    /// Copies block `src` into block `dst` for all layers, K and V (in place; `ops::block_copy`).
     fn copy_block(&self, src: u32, dst: u32) -> Result<()> {
-        let ids = Tensor::new(&[src], &self.cfg.device)?;
         for all in [&self.k_all, &self.v_all] {
-            // [L, 1, bs, n_kv, hd] in fresh storage, then written into block `dst` of every layer.
-            let tmp = all.index_select(&ids, 1)?;
-            all.slice_set(&tmp, 1, dst as usize)?;
+            crate::ops::block_copy(all, &[(src, dst)])?;
         }
         Ok(())
     }
@@ -363,7 +360,7 @@ impl KvCache {
     }
 
     /// Writes K and V (`[n, n_kv, head_dim]`, cache dtype) of `layer` into `slots` (u32 `[n]`),
-    /// in place (one scatter per tensor; works on CPU and CUDA). Slots come from
+    /// in place (`ops::kv_write`: the CUDA kernel on GPUs, its CPU reference elsewhere). Slots come from
     /// [`KvCache::append_slots`]; the caller must only write slots of blocks its sequence owns.
     pub fn write(&self, layer: usize, slots: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
         self.check_layer(layer)?;
@@ -396,14 +393,12 @@ impl KvCache {
         if n == 0 {
             return Ok(());
         }
-        let ids = slots
-            .to_device(&self.cfg.device)?
-            .reshape((n, 1, 1))?
-            .broadcast_as((n, nkv, hd))?
-            .contiguous()?;
+        // Slot ranges: the CPU op checks them; the CUDA kernel skips out-of-range slots (no
+        // device-to-host copy per layer). Slots from `append_slots` are always in range.
+        let slots = slots.to_device(&self.cfg.device)?;
         let (kc, vc) = &self.flat[layer];
-        kc.scatter_set(&ids, &k.contiguous()?, 0)?;
-        vc.scatter_set(&ids, &v.contiguous()?, 0)?;
+        crate::ops::kv_write(kc, k, &slots)?;
+        crate::ops::kv_write(vc, v, &slots)?;
         Ok(())
     }
 

@@ -540,3 +540,58 @@ fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel>
         name: name.to_string(),
     })
 }
+
+/// Device bytes the weights of `spec` will take when loaded with `dtype` / `dequantize`,
+/// estimated without reading any weight: from `config.json` (every weight in `dtype`) or from a
+/// GGUF header (quantized tensors at their stored size, the token embedding widened to f32 as
+/// the loader keeps it; every tensor in `dtype` with `dequantize`). `None` when the spec cannot
+/// be resolved locally (a hub id not in the cache) or its files cannot be read: the load itself
+/// then reports the problem.
+pub fn estimate_weight_bytes(spec: &str, dtype: DType, dequantize: bool) -> Option<u64> {
+    let path = Path::new(spec);
+    let target = if path.exists() {
+        if path.is_dir() {
+            Resolved::Dir(path.to_path_buf())
+        } else {
+            Resolved::Gguf(path.to_path_buf())
+        }
+    } else {
+        let hub = HubSpec::parse(spec)?;
+        resolve(spec, &hub, false).ok()?
+    };
+    match target {
+        Resolved::Dir(dir) => {
+            let cfg_path = dir.join("config.json");
+            let cfg = ModelConfig::from_hf_json(&read_json(&cfg_path).ok()?, spec).ok()?;
+            let n: u64 = crate::weights::weight_specs(&cfg)
+                .iter()
+                .map(|s| s.shape.iter().product::<usize>() as u64)
+                .sum();
+            Some(n * dtype.size_in_bytes() as u64)
+        }
+        Resolved::Gguf(file) => {
+            let mut f = File::open(&file).ok()?;
+            let content = gguf_file::Content::read(&mut f).ok()?;
+            let mut total = 0u64;
+            for (name, info) in &content.tensor_infos {
+                let elems = info.shape.elem_count() as u64;
+                let stored = (elems as usize / info.ggml_dtype.block_size()
+                    * info.ggml_dtype.type_size()) as u64;
+                total += if dequantize {
+                    elems * dtype.size_in_bytes() as u64
+                } else if name == "token_embd.weight" {
+                    // Dense f32 embedding; the quantized table stays too when it is the LM head.
+                    elems * 4
+                        + if content.tensor_infos.contains_key("output.weight") {
+                            0
+                        } else {
+                            stored
+                        }
+                } else {
+                    stored
+                };
+            }
+            Some(total)
+        }
+    }
+}

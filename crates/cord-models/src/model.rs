@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use candle_core::{D, DType, Device, Tensor};
+use cord_kv::ops::{AttentionParams, AttentionPlan, PlanSeq, paged_attention};
 use cord_kv::{KvCache, KvConfig, SeqId};
 
 use crate::config::ModelConfig;
@@ -21,6 +22,29 @@ pub enum LogitsMode {
     /// scoring of an `n`-token continuation needs, without the vocabulary projection of the
     /// context rows.
     Tail(usize),
+}
+
+/// How attention reads the paged KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// `cord_kv::ops::paged_attention`: every layer reads K/V through the block tables in one
+    /// op for the whole batch (the CUDA kernel on GPUs, its CPU reference elsewhere).
+    Paged,
+    /// Per sequence: gather its K/V into dense tensors, then masked matmul + softmax (candle ops).
+    Gather,
+}
+
+impl Attention {
+    /// The default for a device: `Paged` on CUDA, `Gather` on the CPU (candle's matmuls are
+    /// faster there than the reference loop). `CORD_ATTENTION=paged|gather` overrides it.
+    pub fn default_for(device: &Device) -> Attention {
+        match std::env::var("CORD_ATTENTION").as_deref() {
+            Ok("paged") => Attention::Paged,
+            Ok("gather") => Attention::Gather,
+            _ if device.is_cuda() => Attention::Paged,
+            _ => Attention::Gather,
+        }
+    }
 }
 
 /// One sequence of a ragged batch: its new tokens, appended at `kv.seq_len(seq)`.
@@ -78,8 +102,10 @@ struct Ctx<'a> {
     slots: Tensor,
     rope_global: CosSin,
     rope_local: Option<CosSin>,
-    /// Additive masks per sequence: (full, sliding); None when no masking is needed.
+    /// Additive masks per sequence: (full, sliding); None when no masking is needed (gather).
     masks: Vec<(Option<Tensor>, Option<Tensor>)>,
+    /// Block tables of the batch (paged attention).
+    plan: Option<AttentionPlan>,
 }
 
 /// One decoder, any supported architecture. Usable through `&self` from several roles.
@@ -94,6 +120,7 @@ pub struct Model {
     lm_head: Linear,
     rope_global: Rope,
     rope_local: Option<Rope>,
+    attention: Attention,
 }
 
 impl Model {
@@ -221,7 +248,17 @@ impl Model {
             lm_head,
             rope_global,
             rope_local,
+            attention: Attention::default_for(device),
         })
+    }
+
+    /// How attention reads the cache (default: [`Attention::default_for`] the device).
+    pub fn attention(&self) -> Attention {
+        self.attention
+    }
+
+    pub fn set_attention(&mut self, attention: Attention) {
+        self.attention = attention;
     }
 
     /// A model with random weights of the given config (benchmarks, tests).
@@ -345,15 +382,31 @@ impl Model {
                     rows.extend((off + len - n.min(len)..off + len).map(|r| r as u32))
                 }
             }
-            let t = inp.tokens.len();
-            let full = self.mask(t, start, None)?;
-            let sliding = match (self.rope_local.is_some(), self.cfg.sliding_window) {
-                (true, Some(w)) => self.mask(t, start, Some(w))?,
-                _ => None,
-            };
-            masks.push((full, sliding));
+            if self.attention == Attention::Gather {
+                let t = inp.tokens.len();
+                let full = self.mask(t, start, None)?;
+                let sliding = match (self.rope_local.is_some(), self.cfg.sliding_window) {
+                    (true, Some(w)) => self.mask(t, start, Some(w))?,
+                    _ => None,
+                };
+                masks.push((full, sliding));
+            }
         }
         let dev = &self.device;
+        let plan = match self.attention {
+            Attention::Gather => None,
+            Attention::Paged => {
+                let mut seqs = Vec::with_capacity(batch.len());
+                for (inp, &start) in batch.iter().zip(starts) {
+                    seqs.push(PlanSeq {
+                        q_len: inp.tokens.len(),
+                        ctx_len: start + inp.tokens.len(),
+                        blocks: kv.block_table(inp.seq)?,
+                    });
+                }
+                Some(AttentionPlan::new(&seqs, kv.block_size(), dev)?)
+            }
+        };
         let ctx = Ctx {
             batch,
             offsets,
@@ -365,6 +418,7 @@ impl Model {
                 None => None,
             },
             masks,
+            plan,
         };
         let ids = Tensor::from_vec(ids, total, dev)?;
         let mut x = self.embed.index_select(&ids, 0)?;
@@ -414,7 +468,7 @@ impl Model {
         kv: &KvCache,
     ) -> Result<Tensor> {
         let h = layer.input_norm.forward(x)?;
-        let a = self.attention(layer, l, &h, ctx, kv)?;
+        let a = self.attend(layer, l, &h, ctx, kv)?;
         match &layer.ffn_norms {
             None => {
                 let x = (x + a)?;
@@ -443,7 +497,7 @@ impl Model {
         layer.down.forward(&h)
     }
 
-    fn attention(
+    fn attend(
         &self,
         layer: &Layer,
         l: usize,
@@ -489,8 +543,28 @@ impl Model {
         let k_tok = k.transpose(0, 1)?.contiguous()?.to_dtype(kv_dtype)?;
         kv.write(l, &ctx.slots, &k_tok, &v.to_dtype(kv_dtype)?)?;
 
-        let groups = nh / nkv;
         let scale = cfg.attn_scale();
+        if let Some(plan) = &ctx.plan {
+            let (kc, vc) = kv.try_layer_cache(l)?;
+            let params = AttentionParams {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+                scale: scale as f32,
+                softcap: cfg.attn_logit_softcapping.map(|c| c as f32),
+                window: if layer.sliding {
+                    cfg.sliding_window
+                } else {
+                    None
+                },
+            };
+            let q = q.transpose(0, 1)?.contiguous()?.to_dtype(kv_dtype)?;
+            let o = paged_attention(&q, kc, vc, plan, &params)?
+                .reshape((total, nh * hd))?
+                .to_dtype(self.dtype)?;
+            return layer.o.forward(&o);
+        }
+        let groups = nh / nkv;
         let mut outs = Vec::with_capacity(ctx.batch.len());
         for (n, inp) in ctx.batch.iter().enumerate() {
             let t = inp.tokens.len();

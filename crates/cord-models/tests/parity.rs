@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma3, llama, phi3, qwen2, qwen3};
 use common::*;
 use cord_kv::{KvCache, KvError, SeqId};
-use cord_models::{LoadOptions, LogitsMode, Model, ModelError, SeqInput, load};
+use cord_models::{Attention, LoadOptions, LogitsMode, Model, ModelError, SeqInput, load};
 use serde_json::Value;
 
 const TOL: f32 = 1e-4;
@@ -118,11 +118,19 @@ fn one(
     run(model, kv, &[SeqInput::new(seq, toks, mode)])
 }
 
+/// Both attention paths: the per-sequence gather (the CPU default) and the paged-attention op
+/// (the CUDA default; here its CPU reference), each against the reference model.
 fn check_arch(config: Value) {
-    let arch = config["model_type"].as_str().unwrap().to_string();
+    check_arch_with(config.clone(), Attention::Gather);
+    check_arch_with(config, Attention::Paged);
+}
+
+fn check_arch_with(config: Value, attention: Attention) {
+    let arch = format!("{} ({attention:?})", config["model_type"].as_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
     write_model_dir(dir.path(), &config, &test_weights(&config, 7));
-    let lm = load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut lm = load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    lm.model.set_attention(attention);
     let model = &lm.model;
     let mut r = Reference::load(&config, dir.path());
     let mut kv = kv_for(model, 64, 4);
@@ -372,12 +380,18 @@ fn bad_inputs_are_errors() {
 /// tokens further back than 2 * (3 - 1); the decode path (one query) agrees with prefill.
 #[test]
 fn gemma3_sliding_window_masks_old_keys() {
+    sliding_window_masks_old_keys(Attention::Gather);
+    sliding_window_masks_old_keys(Attention::Paged);
+}
+
+fn sliding_window_masks_old_keys(attention: Attention) {
     let mut config = gemma3_config();
     config["sliding_window"] = serde_json::json!(3);
     config["sliding_window_pattern"] = serde_json::json!(6);
     let cfg = cord_models::ModelConfig::from_hf_json(&config, "test").unwrap();
     assert_eq!(cfg.sliding_layers, vec![true, true]);
-    let model = test_model(&config, 11);
+    let mut model = test_model(&config, 11);
+    model.set_attention(attention);
     let mut kv = kv_for(&model, 64, 4);
     let base = tokens(9, 12);
     let last = |kv: &mut KvCache, toks: &[u32]| {

@@ -15,6 +15,7 @@ use cord_models::{LoadOptions, LoadedModel, LogitsMode, SeqInput};
 
 use crate::chat::ChatTemplate;
 use crate::logprob::token_logprobs;
+use crate::memory::{DeviceMemory, Placed};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{FinishReason, Finished, StopChecker, StopConfig};
 
@@ -35,6 +36,8 @@ pub enum EngineError {
         needed: usize,
         total: usize,
     },
+    #[error("{0}")]
+    OutOfMemory(String),
     #[error("unknown model id {0}")]
     UnknownModel(usize),
     #[error("{0}")]
@@ -218,16 +221,101 @@ impl ScoreOutput {
     }
 }
 
-/// The engine: models keyed by (spec, device, dtype), one candle device per ordinal.
-#[derive(Default)]
+/// Weight bytes of a loaded dense model (its parameter count in its dtype).
+fn dense_bytes(m: &cord_models::Model) -> u64 {
+    m.config().num_parameters() as u64 * m.dtype().size_in_bytes() as u64
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_total_memory(dev: &Device) -> std::result::Result<u64, String> {
+    let cuda = dev.as_cuda_device().map_err(|e| e.to_string())?;
+    cuda.cuda_stream()
+        .context()
+        .total_mem()
+        .map(|b| b as u64)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_total_memory(_dev: &Device) -> std::result::Result<u64, String> {
+    Err("this build has no CUDA support".into())
+}
+
+/// The engine: models keyed by (spec, device, dtype), one candle device per ordinal, and a
+/// memory budget per device ([`crate::memory`]).
 pub struct Engine {
     models: Vec<EngineModel>,
     devices: HashMap<DeviceSpec, Device>,
+    memory: HashMap<DeviceSpec, DeviceMemory>,
+    /// Share of a GPU's total memory the models may take (default 0.9).
+    gpu_memory_fraction: f64,
+    budgets: HashMap<DeviceSpec, u64>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            models: vec![],
+            devices: HashMap::new(),
+            memory: HashMap::new(),
+            gpu_memory_fraction: 0.9,
+            budgets: HashMap::new(),
+        }
+    }
 }
 
 impl Engine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Share of each GPU's total memory that weights + KV pools may take (for devices not
+    /// opened yet).
+    pub fn set_gpu_memory_fraction(&mut self, fraction: f64) -> Result<()> {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(EngineError::Invalid(format!(
+                "GPU memory fraction must be in (0, 1], got {fraction}"
+            )));
+        }
+        self.gpu_memory_fraction = fraction;
+        Ok(())
+    }
+
+    /// A fixed budget in bytes for a device (replaces the default of [`crate::memory`]).
+    pub fn set_memory_budget(&mut self, device: DeviceSpec, bytes: u64) {
+        self.budgets.insert(device, bytes);
+        if let Some(m) = self.memory.get_mut(&device) {
+            m.budget = bytes;
+            m.basis = "set explicitly".into();
+        }
+    }
+
+    /// The budget and placements of a device (once it has been opened).
+    pub fn memory(&self, device: DeviceSpec) -> Option<&DeviceMemory> {
+        self.memory.get(&device)
+    }
+
+    fn open_memory(&self, spec: DeviceSpec, dev: &Device) -> Result<DeviceMemory> {
+        if let Some(&b) = self.budgets.get(&spec) {
+            return Ok(DeviceMemory::new(b, "set explicitly"));
+        }
+        match spec {
+            DeviceSpec::Cpu => Ok(match crate::memory::cpu_available() {
+                Some(avail) => DeviceMemory::new(avail, "memory available when loading began"),
+                None => DeviceMemory::new(u64::MAX, "unknown; not enforced"),
+            }),
+            DeviceSpec::Cuda(_) => {
+                let total = cuda_total_memory(dev).map_err(|e| EngineError::DeviceUnavailable {
+                    device: spec.to_string(),
+                    message: format!("cannot read its memory size: {e}"),
+                })?;
+                let f = self.gpu_memory_fraction;
+                Ok(DeviceMemory::new(
+                    (total as f64 * f) as u64,
+                    format!("{f:.2} of {} total", crate::memory::gib(total)),
+                ))
+            }
+        }
     }
 
     /// What can be checked of a model without loading it: that `device` exists in this build
@@ -268,6 +356,8 @@ impl Engine {
                 })?
             }
         };
+        let mem = self.open_memory(spec, &dev)?;
+        self.memory.insert(spec, mem);
         self.devices.insert(spec, dev.clone());
         Ok(dev)
     }
@@ -286,6 +376,11 @@ impl Engine {
             DeviceSpec::Cpu => DType::F32,
             DeviceSpec::Cuda(_) => DType::BF16,
         });
+        // Refuse a model that cannot fit before reading its weights.
+        let estimate = cord_models::estimate_weight_bytes(spec, dtype, opts.dequantize);
+        if let Some(w) = estimate {
+            self.check_fits(spec, opts, w)?;
+        }
         let load = LoadOptions {
             dtype,
             device: device.clone(),
@@ -293,7 +388,17 @@ impl Engine {
             ..Default::default()
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
-        self.insert_loaded(spec, key, Arc::new(loaded), opts)
+        let weights = estimate.unwrap_or_else(|| dense_bytes(&loaded.model));
+        self.insert_placed(spec, key, Arc::new(loaded), opts, weights)
+    }
+
+    /// Whether `weights` plus the KV pool of `opts` fit what is left on the device.
+    fn check_fits(&self, name: &str, opts: &ModelOptions, weights: u64) -> Result<()> {
+        if let Some(m) = self.memory.get(&opts.device) {
+            m.check(&opts.device.to_string(), name, weights, opts.kv_memory)
+                .map_err(EngineError::OutOfMemory)?;
+        }
+        Ok(())
     }
 
     /// Adds an already loaded model (tests, random-weight benchmarks).
@@ -304,16 +409,22 @@ impl Engine {
         opts: &ModelOptions,
     ) -> Result<ModelId> {
         let key = format!("loaded:{name}:{}", self.models.len());
-        self.insert_loaded(name, key, loaded, opts)
+        let weights = dense_bytes(&loaded.model);
+        self.insert_placed(name, key, loaded, opts, weights)
     }
 
-    fn insert_loaded(
+    fn insert_placed(
         &mut self,
         name: &str,
         key: String,
         loaded: Arc<LoadedModel>,
         opts: &ModelOptions,
+        weights: u64,
     ) -> Result<ModelId> {
+        if !self.memory.contains_key(&opts.device) {
+            self.device(opts.device)?;
+        }
+        self.check_fits(name, opts, weights)?;
         let probe = loaded.model.kv_config(1, opts.block_size);
         let per_block = probe.bytes_per_block() as u64;
         let num_blocks = (opts.kv_memory / per_block.max(1)) as usize;
@@ -328,6 +439,13 @@ impl Engine {
         }
         let kv = KvCache::new(loaded.model.kv_config(num_blocks, opts.block_size))
             .map_err(|e| model_err(name, e))?;
+        if let Some(m) = self.memory.get_mut(&opts.device) {
+            m.placed.push(Placed {
+                model: name.to_string(),
+                weights,
+                kv: num_blocks as u64 * per_block,
+            });
+        }
         let (bos, eos) = (
             loaded.bos_token.as_deref().unwrap_or(""),
             loaded.eos_token.as_deref().unwrap_or(""),

@@ -166,7 +166,7 @@ impl CustomOp2 for TokenLogprob {
                 Shape::from(0),
             ));
         }
-        let ptx = ptx()?;
+        let ptx = cord_kv::ops::compile_ptx("token_logprob", SRC)?;
         let ids = s2.as_cuda_slice::<u32>()?.slice(o2..);
         let out = unsafe { dev.alloc::<f32>(n) }?;
         let cfg = LaunchConfig {
@@ -203,20 +203,67 @@ impl CustomOp2 for TokenLogprob {
 #[cfg(feature = "cuda")]
 const SRC: &str = include_str!("../../../kernels/token_logprob.cu");
 
-#[cfg(feature = "cuda")]
-fn ptx() -> Result<&'static str> {
-    use std::sync::OnceLock;
-    static PTX: OnceLock<String> = OnceLock::new();
-    if let Some(p) = PTX.get() {
-        return Ok(p);
+/// The op on `dev` against a reference on random rows (vocabularies up to Qwen's 151,936, an
+/// extreme max and a `-inf` entry), f32/bf16/f16. On the CPU the reference is the unfused
+/// `log_softmax` + gather of candle-nn; on a GPU it is the CPU implementation. Used by the tests
+/// and by `cord bench kernels`.
+pub fn parity(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Parity>> {
+    use candle_core::{DType, Device};
+    let mut out = vec![];
+    for (n, v) in [
+        (1usize, 1usize),
+        (3, 255),
+        (7, 257),
+        (5, 32_000),
+        (2, 151_936),
+    ] {
+        let mut x = cord_kv::ops::check::noise(n * v, (n * v) as u64);
+        for e in &mut x {
+            *e *= 10.0;
+        }
+        x[0] = 3e4;
+        if n * v > 2 {
+            x[1] = f32::NEG_INFINITY;
+        }
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 7919 + 1) % v) as u32).collect();
+        let xc = Tensor::from_vec(x, (n, v), &Device::Cpu)?;
+        let tc = Tensor::from_vec(ids, n, &Device::Cpu)?;
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let xc = xc.to_dtype(dt)?;
+            let want: Vec<f32> = if dev.is_cpu() {
+                candle_nn::ops::log_softmax(&xc.to_dtype(DType::F32)?, 1)?
+                    .gather(&tc.unsqueeze(1)?, 1)?
+                    .squeeze(1)?
+                    .to_vec1()?
+            } else {
+                token_logprobs(&xc, &tc)?.to_vec1()?
+            };
+            let got: Vec<f32> =
+                token_logprobs(&xc.to_device(dev)?, &tc.to_device(dev)?)?.to_vec1()?;
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| {
+                    if g == w {
+                        0.0
+                    } else {
+                        ((g - w).abs() / w.abs().max(1.0)) as f64
+                    }
+                })
+                .map(|e| if e.is_nan() { f64::INFINITY } else { e })
+                .fold(0.0, f64::max);
+            let tol = 1e-4;
+            out.push(cord_kv::ops::check::Parity {
+                op: "token_logprob",
+                case: format!("{n} rows x vocab {v}"),
+                dtype: format!("{dt:?}"),
+                max_err: err,
+                tol,
+                ok: err <= tol,
+            });
+        }
     }
-    let opts = candle_core::cuda_backend::cudarc::nvrtc::CompileOptions {
-        arch: Some("sm_90"),
-        ..Default::default()
-    };
-    let p = candle_core::cuda_backend::cudarc::nvrtc::compile_ptx_with_opts(SRC, opts)
-        .map_err(|e| candle_core::Error::Msg(format!("nvrtc: {e:?}")))?;
-    Ok(PTX.get_or_init(|| p.to_src()))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -235,6 +282,14 @@ mod tests {
             let got = row_logprob(&row, t, |y| y);
             assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn cpu_parity_with_unfused_log_softmax() -> Result<()> {
+        let r = parity(&candle_core::Device::Cpu)?;
+        let bad: Vec<_> = r.iter().filter(|r| !r.ok).collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+        Ok(())
     }
 
     #[test]
@@ -259,58 +314,20 @@ mod cuda_tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64 * 20.0 - 10.0) as f32
-            })
-            .collect()
-    }
-
     #[test]
     fn cuda_matches_cpu() -> Result<()> {
         let Ok(gpu) = Device::new_cuda(0) else {
             eprintln!("no usable CUDA device; skipping");
             return Ok(());
         };
-        for (n, v) in [
-            (1usize, 1usize),
-            (3, 255),
-            (7, 257),
-            (5, 32_000),
-            (2, 151_936),
-        ] {
-            let mut x = pseudo_random(n * v, (n * v) as u64);
-            x[0] = 3e38;
-            if n * v > 2 {
-                x[1] = f32::NEG_INFINITY;
-            }
-            let ids: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-            let xc = Tensor::from_vec(x, (n, v), &Device::Cpu)?;
-            let tc = Tensor::from_vec(ids, n, &Device::Cpu)?;
-            for dt in [DType::F32, DType::BF16, DType::F16] {
-                let xc = xc.to_dtype(dt)?;
-                let want: Vec<f32> = token_logprobs(&xc, &tc)?.to_vec1()?;
-                let got: Vec<f32> =
-                    token_logprobs(&xc.to_device(&gpu)?, &tc.to_device(&gpu)?)?.to_vec1()?;
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let tol = 1e-4 * w.abs().max(1.0);
-                    assert!(
-                        (g - w).abs() <= tol || (g.is_nan() && w.is_nan()) || g == w,
-                        "{dt:?} n={n} v={v} row {i}: gpu {g} vs cpu {w}"
-                    );
-                }
-            }
-        }
+        let r = parity(&gpu)?;
+        let bad: Vec<_> = r.iter().filter(|r| !r.ok).collect();
+        assert!(bad.is_empty(), "{bad:#?}");
         // Empty input and a strided (non-contiguous) view.
         let e = Tensor::zeros((0, 8), DType::F32, &gpu)?;
         let none = Tensor::zeros(0, DType::U32, &gpu)?;
         assert_eq!(token_logprobs(&e, &none)?.dims(), &[0]);
-        let x = Tensor::from_vec(pseudo_random(6 * 40, 9), (6, 40), &Device::Cpu)?;
+        let x = Tensor::arange(0f32, 240.0, &Device::Cpu)?.reshape((6, 40))?;
         let t = Tensor::from_vec(vec![1u32, 2, 3, 4, 5, 6], 6, &Device::Cpu)?;
         let part = x.narrow(1, 3, 30)?;
         let want: Vec<f32> = token_logprobs(&part, &t)?.to_vec1()?;

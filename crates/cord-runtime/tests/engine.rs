@@ -10,7 +10,7 @@ use cord_kv::KvCache;
 use cord_models::{LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
 use cord_runtime::SamplingParams;
 use cord_runtime::engine::{
-    Engine, Finish, GenOutput, GenRequest, ModelId, ModelOptions, ScoreRequest,
+    DeviceSpec, Engine, Finish, GenOutput, GenRequest, ModelId, ModelOptions, ScoreRequest,
 };
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -440,4 +440,32 @@ fn score_matches_a_full_forward_and_reuses_the_context() {
             );
         }
     }
+}
+
+/// Weights + KV pools must fit the device budget; the refusal names the numbers and what is
+/// already placed, and leaves the engine unchanged.
+#[test]
+fn models_that_do_not_fit_the_device_budget_are_refused() {
+    let m = loaded(1);
+    let weights = m.model.config().num_parameters() as u64 * 4;
+    let o = opts(1 << 20, 64);
+    let mut e = Engine::new();
+    e.set_memory_budget(DeviceSpec::Cpu, weights + (1 << 20) + weights / 2);
+    e.add_loaded("a", m.clone(), &o).unwrap();
+    let err = e.add_loaded("b", m.clone(), &o).unwrap_err().to_string();
+    for part in [
+        "model `b` does not fit on cpu",
+        "KV pool 0.00 GiB",
+        "budget (set explicitly) is left",
+        "already placed: `a`",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    assert_eq!(e.memory(DeviceSpec::Cpu).unwrap().placed.len(), 1);
+    assert!(e.set_gpu_memory_fraction(0.0).is_err());
+    assert!(e.set_gpu_memory_fraction(1.5).is_err());
+    // A larger budget takes the second model.
+    e.set_memory_budget(DeviceSpec::Cpu, 3 * (weights + (1 << 20)));
+    e.add_loaded("b", m, &o).unwrap();
+    assert_eq!(e.memory(DeviceSpec::Cpu).unwrap().placed.len(), 2);
 }

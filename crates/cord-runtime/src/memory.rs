@@ -1,0 +1,121 @@
+//! Per-device memory budgets: the weights and KV pools of every model placed on a device must
+//! fit its budget. A model that does not fit is refused before its weights are loaded (from an
+//! estimate read off its config or GGUF header) with an error that names the numbers.
+//!
+//! Budgets: a CUDA device gets `fraction × total memory` (default fraction 0.9, as vLLM's
+//! `gpu_memory_utilization`), the CPU gets the memory available when the device is first used
+//! (`MemAvailable`). [`crate::engine::Engine::set_memory_budget`] overrides either.
+
+use std::fmt::Write as _;
+
+/// What one model takes on its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub model: String,
+    pub weights: u64,
+    pub kv: u64,
+}
+
+/// A device's budget and the models placed on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceMemory {
+    /// Bytes the models may take in all.
+    pub budget: u64,
+    /// How the budget was set, for messages ("0.90 of 139.81 GiB", "MemAvailable", ...).
+    pub basis: String,
+    pub placed: Vec<Placed>,
+}
+
+/// `12.34 GiB`.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+impl DeviceMemory {
+    pub fn new(budget: u64, basis: impl Into<String>) -> Self {
+        DeviceMemory {
+            budget,
+            basis: basis.into(),
+            placed: vec![],
+        }
+    }
+
+    /// Bytes taken by the placed models.
+    pub fn used(&self) -> u64 {
+        self.placed.iter().map(|p| p.weights + p.kv).sum()
+    }
+
+    pub fn left(&self) -> u64 {
+        self.budget.saturating_sub(self.used())
+    }
+
+    /// `Err(message)` when `weights + kv` more bytes do not fit what is left.
+    pub fn check(&self, device: &str, model: &str, weights: u64, kv: u64) -> Result<(), String> {
+        let need = weights.saturating_add(kv);
+        if need <= self.left() {
+            return Ok(());
+        }
+        let mut m = format!(
+            "model `{model}` does not fit on {device}: weights {} + KV pool {} = {}, but only {} of the {} budget ({}) is left",
+            gib(weights),
+            gib(kv),
+            gib(need),
+            gib(self.left()),
+            gib(self.budget),
+            self.basis
+        );
+        if !self.placed.is_empty() {
+            m.push_str("; already placed: ");
+            for (i, p) in self.placed.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(
+                    m,
+                    "{sep}`{}` {} weights + {} KV",
+                    p.model,
+                    gib(p.weights),
+                    gib(p.kv)
+                );
+            }
+        }
+        m.push_str(
+            ". Give the KV pools less memory (--kv-mib), use a smaller dtype, place the model on another device, or raise the budget (--gpu-memory-fraction)",
+        );
+        Err(m)
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo, bytes.
+pub fn cpu_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_until_the_budget_is_spent() {
+        let mut d = DeviceMemory::new(10 << 30, "test");
+        d.check("cuda:0", "a", 6 << 30, 1 << 30).unwrap();
+        d.placed.push(Placed {
+            model: "a".into(),
+            weights: 6 << 30,
+            kv: 1 << 30,
+        });
+        assert_eq!(d.left(), 3 << 30);
+        d.check("cuda:0", "b", 2 << 30, 1 << 30).unwrap();
+        let e = d.check("cuda:0", "b", 3 << 30, 1 << 30).unwrap_err();
+        for part in [
+            "model `b` does not fit on cuda:0",
+            "weights 3.00 GiB + KV pool 1.00 GiB = 4.00 GiB",
+            "only 3.00 GiB of the 10.00 GiB budget (test) is left",
+            "`a` 6.00 GiB weights + 1.00 GiB KV",
+            "--kv-mib",
+        ] {
+            assert!(e.contains(part), "{part:?} missing from {e}");
+        }
+    }
+}
