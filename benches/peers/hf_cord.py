@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--limit", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--seed", type=int, default=None, help="overrides the pool's search.seed")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -181,6 +182,9 @@ def main():
     s = dict(pool["search"])
     s.setdefault("beam_width", 4)
     s.setdefault("max_steps", 512)
+    s.setdefault("seed", 0)
+    if a.seed is not None:
+        s["seed"] = a.seed
     s["target"] = lambda gt: gt if gt.endswith(".") else gt + "."
     t0 = time.perf_counter()
     models = {}

@@ -2,12 +2,13 @@
 # Side-by-side peer benchmarks, one run on one machine (see BENCHMARKS.md):
 #   1. single-sequence decode on the same GGUF file: cord vs llama.cpp (llama-cpp-python) vs
 #      HF transformers (f32, the GGUF dequantized), interleaved, each `REPEAT` times;
-#   2. the CoRD loop end to end: `cord synth` vs the Python loop on HF transformers
+#   2. batched decode (batch 1/4/16 by default): cord vs HF transformers, interleaved;
+#   3. the CoRD loop end to end: `cord synth` vs the Python loop on HF transformers
 #      (benches/peers/hf_cord.py), same pool file, problems, beam width and budgets.
 # Results: JSON files under $OUT (default /tmp/cord-peers) and a summary table on stdout.
 #
 #   bash benches/peers/setup.sh            # once: venv with torch, transformers, llama-cpp-python
-#   bash benches/peers/run.sh [decode|cord|all]
+#   bash benches/peers/run.sh [decode|batch|cord|all]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -59,32 +60,75 @@ json.dump(rows, open(f"{out}/decode-summary.json", "w"), indent=1)
 PY
 }
 
+# Batched decode: cord vs HF transformers at the same batch sizes (llama-cpp-python decodes one
+# sequence per context, so it is not in this table).
+batched() {
+  local batches="${BATCHES:-1,4,16}"
+  for r in $(seq 1 "$REPEAT"); do
+    "$CORD" bench decode --model "$MODEL" --batch "$batches" --prompt-len "$PROMPT_LEN" --gen-len "$GEN_LEN" \
+      --repeat 1 --seed "$r" --json "$OUT/batch-cord-$r.json" >/dev/null 2>&1
+    (cd benches/peers && "$PY" decode.py --peer hf --model "$MODEL" --batch "$batches" --prompt-len "$PROMPT_LEN" \
+      --gen-len "$GEN_LEN" --repeat 1 --seed "$r" --threads "$THREADS" --json "$OUT/batch-hf-$r.json" >/dev/null 2>&1)
+  done
+  "$PY" - "$OUT" "$REPEAT" <<'PY'
+import json, statistics, sys
+out, n = sys.argv[1], int(sys.argv[2])
+def cases(kind, r):
+    d = json.load(open(f"{out}/batch-{kind}-{r}.json"))
+    if kind == "cord":
+        return {c["batch"]: (c["prefill_tokens_per_s"]["mean"], c["decode_tokens_per_s"]["mean"]) for c in d["results"]["cases"]}
+    return {c["batch"]: (c["prefill_tok_s"]["median"], c["decode_tok_s"]["median"]) for c in d["cases"]}
+runs = {k: [cases(k, r) for r in range(1, n + 1)] for k in ("cord", "hf")}
+print("batched decode, tokens/s summed over the batch (median, min-max over", n, "interleaved runs)")
+summary = {}
+for b in sorted(runs["cord"][0]):
+    row = {}
+    for k in ("cord", "hf"):
+        row[k] = [runs[k][r][b][1] for r in range(n)]
+    ratios = [c / h for c, h in zip(row["cord"], row["hf"])]
+    summary[b] = {**row, "ratio": ratios}
+    print(f"  batch {b:3d}: cord {statistics.median(row['cord']):7.1f} ({min(row['cord']):.1f}-{max(row['cord']):.1f})"
+          f"  hf {statistics.median(row['hf']):7.1f} ({min(row['hf']):.1f}-{max(row['hf']):.1f})"
+          f"  cord/hf {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+json.dump(summary, open(f"{out}/batch-summary.json", "w"), indent=1)
+PY
+}
+
 cord_loop() {
   head -n "$PROBLEMS" data/gsm8k.jsonl > "$OUT/problems.jsonl"
-  /usr/bin/time -f "%e" -o "$OUT/cord-synth.time" "$CORD" synth --pool "$POOL" --input "$OUT/problems.jsonl" \
-    --output "$OUT/cord-synth.jsonl" --overwrite --quiet --stats "$OUT/cord-synth-stats.json" >"$OUT/cord-synth.out" 2>&1
-  (cd benches/peers && "$PY" hf_cord.py --pool "$POOL" --input "$OUT/problems.jsonl" --limit "$PROBLEMS" \
-    --threads "$THREADS" --json "$OUT/hf-cord.json" >"$OUT/hf-cord.log" 2>&1)
-  "$PY" - "$OUT" <<'PY'
-import json, sys
-out = sys.argv[1]
-st = json.load(open(f"{out}/cord-synth-stats.json"))
-hf = json.load(open(f"{out}/hf-cord.json"))
-wall = float(open(f"{out}/cord-synth.time").read().split()[-1])
-n = hf["problems"]
-# cord runs all problems at once: seconds per problem = the run's wall time (models loaded) / n.
-summ = st["summary"]
-cord_pp = summ["seconds"] / max(1, summ["problems"])
-print(f"CoRD loop, {n} problems, same pool/budgets: seconds per problem (search only, models loaded)")
-print(f"  cord   {cord_pp:8.1f}   (whole process {wall:.1f} s incl. load)")
-print(f"  hf-py  {hf['seconds_per_problem']:8.1f}   (load {hf['load_seconds']:.1f} s, scoring share {hf['score_share']:.0%})")
-print(f"  hf/cord: {hf['seconds_per_problem'] / cord_pp:.2f}x")
+  local n="${LOOP_REPEAT:-1}"
+  for r in $(seq 1 "$n"); do
+    /usr/bin/time -f "%e" -o "$OUT/cord-synth-$r.time" "$CORD" synth --pool "$POOL" --input "$OUT/problems.jsonl" \
+      --output "$OUT/cord-synth-$r.jsonl" --overwrite --quiet --seed "$r" --stats "$OUT/cord-synth-stats-$r.json" \
+      >"$OUT/cord-synth-$r.out" 2>&1
+    (cd benches/peers && "$PY" hf_cord.py --pool "$POOL" --input "$OUT/problems.jsonl" --limit "$PROBLEMS" \
+      --threads "$THREADS" --seed "$r" --json "$OUT/hf-cord-$r.json" >"$OUT/hf-cord-$r.log" 2>&1)
+  done
+  "$PY" - "$OUT" "$n" <<'PY'
+import json, statistics, sys
+out, n = sys.argv[1], int(sys.argv[2])
+rows = []
+for r in range(1, n + 1):
+    st = json.load(open(f"{out}/cord-synth-stats-{r}.json"))["summary"]
+    hf = json.load(open(f"{out}/hf-cord-{r}.json"))
+    wall = float(open(f"{out}/cord-synth-{r}.time").read().split()[-1])
+    # cord runs all problems at once: seconds per problem = the run's search time / problems.
+    cord_pp = st["seconds"] / max(1, st["problems"])
+    rows.append((cord_pp, hf["seconds_per_problem"], wall, hf["load_seconds"], hf["score_share"]))
+    print(f"run {r}: cord {cord_pp:7.1f} s/problem (process {wall:.1f} s incl. load)   "
+          f"hf-py {hf['seconds_per_problem']:7.1f} s/problem (load {hf['load_seconds']:.1f} s, "
+          f"scoring {hf['score_share']:.0%})   hf/cord {hf['seconds_per_problem'] / cord_pp:.2f}x")
+ratios = [h / c for c, h, *_ in rows]
+print(f"CoRD loop, {n} run(s): hf/cord median {statistics.median(ratios):.2f}x "
+      f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+json.dump({"runs": rows, "hf_over_cord": ratios}, open(f"{out}/loop-summary.json", "w"), indent=1)
 PY
 }
 
 case "$what" in
   decode) decode ;;
+  batch) batched ;;
   cord) cord_loop ;;
-  all) decode; cord_loop ;;
-  *) echo "usage: run.sh [decode|cord|all]" >&2; exit 2 ;;
+  all) decode; batched; cord_loop ;;
+  *) echo "usage: run.sh [decode|batch|cord|all]" >&2; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Tensor};
 use clap::{Args, Subcommand};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend};
+use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
 use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
@@ -1285,7 +1285,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     let settings = Settings::shared(&pool)?;
     let opts = BackendOptions {
-        kv_memory: a.kv_mib << 20,
+        kv_memory: KvMemory::Fixed(a.kv_mib << 20),
         device_override: a.device.clone(),
         ..BackendOptions::default()
     };

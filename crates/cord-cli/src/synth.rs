@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend};
+use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::io::{
     OutputMode, Problem, RecordWriter, list_bad_lines, parse_problems, scan_problems_file,
 };
@@ -76,9 +76,10 @@ pub struct RunArgs {
     /// Run every model on this device instead of the pool's (`cpu`, `cuda:N`).
     #[arg(long)]
     device: Option<String>,
-    /// KV cache memory per model, MiB.
-    #[arg(long, default_value_t = 2048)]
-    kv_mib: u64,
+    /// KV cache memory per model, MiB, or `auto`: on a GPU, what the device's budget leaves after
+    /// the weights of its models (and an activation reserve), split evenly; 2048 MiB on the CPU.
+    #[arg(long, default_value = "2048", value_parser = parse_kv_mib)]
+    kv_mib: KvMemory,
     /// Share of each GPU's memory that the weights + KV pools placed on it may take.
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_fraction: f64,
@@ -88,6 +89,18 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--kv-mib`: MiB, or `auto`.
+fn parse_kv_mib(s: &str) -> std::result::Result<KvMemory, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(KvMemory::Auto);
+    }
+    s.parse::<u64>()
+        .ok()
+        .and_then(|mib| mib.checked_mul(1 << 20))
+        .map(KvMemory::Fixed)
+        .ok_or_else(|| format!("`{s}` is neither a number of MiB nor `auto`"))
 }
 
 fn parse_method(s: &str) -> Result<Method> {
@@ -211,7 +224,7 @@ fn run_pool(
         }
         problems.truncate(n);
     }
-    if run.kv_mib == 0 {
+    if run.kv_mib == KvMemory::Fixed(0) {
         bail!("--kv-mib 0 leaves no room for the KV cache (give at least 1)");
     }
     let settings = Settings::shared(pool)?;
@@ -251,7 +264,7 @@ fn run_pool(
     }
 
     let opts = BackendOptions {
-        kv_memory: run.kv_mib << 20,
+        kv_memory: run.kv_mib,
         device_override: run.device.clone(),
         gpu_memory_fraction: run.gpu_memory_fraction,
         ..BackendOptions::default()

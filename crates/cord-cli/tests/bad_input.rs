@@ -541,6 +541,14 @@ fn kv_memory_of_zero() {
 }
 
 #[test]
+fn kv_memory_that_is_not_a_size() {
+    Case::new().refused(
+        &["--kv-mib", "lots"],
+        &["`lots` is neither a number of MiB nor `auto`"],
+    );
+}
+
+#[test]
 fn gpu_memory_fraction_out_of_range() {
     Case::new().refused(
         &["--gpu-memory-fraction", "0"],

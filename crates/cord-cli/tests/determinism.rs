@@ -78,6 +78,12 @@ fn same_input_pool_and_seed_write_byte_identical_files() {
         bytes(&a) == bytes(&b),
         "two equal runs wrote different files"
     );
+    // `--kv-mib auto` on the CPU is the default pool size: the same file.
+    let (auto, _) = r.run("auto.jsonl", &["--kv-mib", "auto"]);
+    assert!(
+        bytes(&a) == bytes(&auto),
+        "--kv-mib auto wrote another file"
+    );
     // The comparison can fail: another seed writes other trajectories.
     let (c, _) = r.run("c.jsonl", &["--seed", "4"]);
     assert!(compare_records(&a, &c).is_err());

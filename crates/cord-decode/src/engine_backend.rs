@@ -20,11 +20,32 @@ use crate::backend::{
 use crate::config::{PoolConfig, ScorerModel};
 use crate::error::{Error, Result};
 
+/// How much KV cache memory each model gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvMemory {
+    /// This many bytes per model.
+    Fixed(u64),
+    /// On a GPU: what the device budget leaves after the weights of the models placed there (and
+    /// an activation reserve), split evenly between them ([`cord_runtime::memory::auto_kv_bytes`]).
+    /// On the CPU: [`CPU_AUTO_KV`] per model.
+    Auto,
+}
+
+/// 2048 MiB per model (the CLI's default).
+impl Default for KvMemory {
+    fn default() -> Self {
+        KvMemory::Fixed(2048 << 20)
+    }
+}
+
+/// KV bytes per model of [`KvMemory::Auto`] on the CPU.
+pub const CPU_AUTO_KV: u64 = 2 << 30;
+
 /// Engine-level settings that are not part of the pool file.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
-    /// KV cache memory per model, bytes.
-    pub kv_memory: u64,
+    /// KV cache memory per model.
+    pub kv_memory: KvMemory,
     /// Most new tokens per forward call.
     pub max_batch_tokens: usize,
     /// Replaces every teacher's / scorer's device (e.g. `--device cpu`).
@@ -39,7 +60,7 @@ pub struct BackendOptions {
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
-            kv_memory: 1 << 30,
+            kv_memory: KvMemory::Fixed(1 << 30),
             max_batch_tokens: 1024,
             device_override: None,
             parallel: Parallel::Device,
@@ -114,6 +135,63 @@ fn pool_models(pool: &PoolConfig) -> Vec<(String, String, Option<String>, String
     v
 }
 
+/// KV bytes per model on each device the pool uses (see [`KvMemory`]).
+fn kv_per_device(
+    pool: &PoolConfig,
+    opts: &BackendOptions,
+    engine: &mut Engine,
+) -> Result<BTreeMap<DeviceSpec, u64>> {
+    // Distinct models per device (roles sharing a spec, device and dtype share one model).
+    let mut per_device: BTreeMap<DeviceSpec, Vec<(String, String)>> = BTreeMap::new();
+    for (role, spec, device, dtype) in pool_models(pool) {
+        let dev_str = opts
+            .device_override
+            .as_deref()
+            .or(device.as_deref())
+            .unwrap_or("cpu");
+        let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(&role, e))?;
+        let models = per_device.entry(device).or_default();
+        if !models.iter().any(|(s, d)| *s == spec && *d == dtype) {
+            models.push((spec, dtype));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (device, models) in per_device {
+        let bytes = match (opts.kv_memory, device) {
+            (KvMemory::Fixed(b), _) => b,
+            (KvMemory::Auto, DeviceSpec::Cpu) => CPU_AUTO_KV,
+            (KvMemory::Auto, DeviceSpec::Cuda(_)) => {
+                engine
+                    .device(device)
+                    .map_err(|e| load_err(&device.to_string(), e))?;
+                let mut weights = Vec::with_capacity(models.len());
+                for (spec, dtype) in &models {
+                    let dt = parse_dtype(dtype, device)?.unwrap_or(DType::BF16);
+                    let w = cord_models::estimate_weight_bytes(spec, dt, false).ok_or_else(|| {
+                        Error::Config {
+                            key: "kv-mib auto".into(),
+                            message: format!(
+                                "the size of model `{spec}` is unknown before loading (not a local file or directory, not in the hub cache); give --kv-mib in MiB"
+                            ),
+                        }
+                    })?;
+                    weights.push((spec.clone(), w));
+                }
+                let mem = engine.memory(device).expect("opened above");
+                let per = cord_runtime::memory::auto_kv_bytes(&device.to_string(), mem, &weights)
+                    .map_err(|message| Error::Config {
+                    key: "kv-mib auto".into(),
+                    message,
+                })?;
+                tracing::info!(%device, kv_mib = per >> 20, "KV pool per model (auto)");
+                per
+            }
+        };
+        out.insert(device, bytes);
+    }
+    Ok(out)
+}
+
 fn load_err(role: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Load {
         role: role.to_string(),
@@ -148,6 +226,7 @@ impl EngineBackend {
                 key: "gpu_memory_fraction".into(),
                 message: e.to_string(),
             })?;
+        let kv_bytes = kv_per_device(pool, opts, &mut engine)?;
         let load = |role: &str,
                     spec: &str,
                     device: Option<&str>,
@@ -159,7 +238,7 @@ impl EngineBackend {
             let mo = ModelOptions {
                 device,
                 dtype: parse_dtype(dtype, device)?,
-                kv_memory: opts.kv_memory,
+                kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
                 ..ModelOptions::default()
             };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cord_decode::config::DEFAULT_SUFFIX;
 use cord_decode::driver;
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, Parallel};
+use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory, Parallel};
 use cord_decode::io::{OutputMode, Problem, Record, RecordWriter, ResumeInfo, read_problems};
 use cord_decode::search::{Settings, score_context};
 use cord_decode::{
@@ -93,7 +93,7 @@ fn backend(pool: &PoolConfig) -> EngineBackend {
 
 fn backend_with(pool: &PoolConfig, parallel: Parallel) -> EngineBackend {
     let opts = BackendOptions {
-        kv_memory: 8 << 20,
+        kv_memory: KvMemory::Fixed(8 << 20),
         max_batch_tokens: 512,
         parallel,
         ..BackendOptions::default()

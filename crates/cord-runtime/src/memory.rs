@@ -84,6 +84,43 @@ impl DeviceMemory {
     }
 }
 
+/// Smallest KV pool [`auto_kv_bytes`] hands out.
+pub const MIN_AUTO_KV: u64 = 256 << 20;
+
+/// KV pool bytes for each of the models about to be placed on a device when their pools share
+/// what the budget leaves: `(left - their weights - reserve) / count`, where the reserve for
+/// activations and workspaces is the larger of 1 GiB and 5 % of the budget. An error (naming the
+/// numbers) when that gives less than [`MIN_AUTO_KV`] per model.
+pub fn auto_kv_bytes(
+    device: &str,
+    mem: &DeviceMemory,
+    models: &[(String, u64)],
+) -> Result<u64, String> {
+    let weights: u64 = models.iter().map(|m| m.1).sum();
+    let reserve = (1u64 << 30).max(mem.budget / 20);
+    let n = models.len().max(1) as u64;
+    let room = mem.left().saturating_sub(weights).saturating_sub(reserve);
+    let per = room / n;
+    if per < MIN_AUTO_KV {
+        let names: Vec<String> = models
+            .iter()
+            .map(|(m, w)| format!("`{m}` {}", gib(*w)))
+            .collect();
+        return Err(format!(
+            "the KV pools on {device} cannot be sized automatically: {} left of the {} budget ({}), weights {} ({}) and an activation reserve of {} leave {} for {n} pool(s), less than {} each. Give --kv-mib explicitly, place models on other devices or raise --gpu-memory-fraction",
+            gib(mem.left()),
+            gib(mem.budget),
+            mem.basis,
+            gib(weights),
+            names.join(", "),
+            gib(reserve),
+            gib(room),
+            gib(MIN_AUTO_KV)
+        ));
+    }
+    Ok(per)
+}
+
 /// `MemAvailable` of /proc/meminfo, bytes.
 pub fn cpu_available() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -95,6 +132,24 @@ pub fn cpu_available() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_kv_splits_what_the_weights_leave() {
+        let gb = 1u64 << 30;
+        let mem = DeviceMemory::new(100 * gb, "test");
+        // 100 - (30 + 10) - reserve 5 = 55, two pools.
+        let per = auto_kv_bytes(
+            "cuda:0",
+            &mem,
+            &[("a".into(), 30 * gb), ("b".into(), 10 * gb)],
+        )
+        .unwrap();
+        assert_eq!(per, 55 * gb / 2);
+        let e = auto_kv_bytes("cuda:0", &mem, &[("a".into(), 95 * gb)]).unwrap_err();
+        for part in ["cuda:0", "`a` 95.00 GiB", "reserve of 5.00 GiB", "--kv-mib"] {
+            assert!(e.contains(part), "{part:?} missing from {e}");
+        }
+    }
 
     #[test]
     fn fits_until_the_budget_is_spent() {
