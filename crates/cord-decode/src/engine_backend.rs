@@ -144,12 +144,7 @@ fn kv_per_device(
     // Distinct models per device (roles sharing a spec, device and dtype share one model).
     let mut per_device: BTreeMap<DeviceSpec, Vec<(String, String)>> = BTreeMap::new();
     for (role, spec, device, dtype) in pool_models(pool) {
-        let dev_str = opts
-            .device_override
-            .as_deref()
-            .or(device.as_deref())
-            .unwrap_or("cpu");
-        let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(&role, e))?;
+        let device = role_device(opts, device.as_deref(), &role)?;
         let models = per_device.entry(device).or_default();
         if !models.iter().any(|(s, d)| *s == spec && *d == dtype) {
             models.push((spec, dtype));
@@ -192,6 +187,12 @@ fn kv_per_device(
     Ok(out)
 }
 
+/// A role's device: `--device` if given, else the pool entry's, else the CPU.
+fn role_device(opts: &BackendOptions, device: Option<&str>, role: &str) -> Result<DeviceSpec> {
+    let dev_str = opts.device_override.as_deref().or(device).unwrap_or("cpu");
+    DeviceSpec::parse(dev_str).map_err(|e| load_err(role, e))
+}
+
 fn load_err(role: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Load {
         role: role.to_string(),
@@ -205,12 +206,7 @@ impl EngineBackend {
     /// minutes of loading the models before the bad one.
     pub fn check(pool: &PoolConfig, opts: &BackendOptions) -> Result<()> {
         for (role, spec, device, dtype) in pool_models(pool) {
-            let dev_str = opts
-                .device_override
-                .as_deref()
-                .or(device.as_deref())
-                .unwrap_or("cpu");
-            let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(&role, e))?;
+            let device = role_device(opts, device.as_deref(), &role)?;
             parse_dtype(&dtype, device)?;
             Engine::check_model(&spec, device).map_err(|e| load_err(&role, e))?;
         }
@@ -233,8 +229,7 @@ impl EngineBackend {
                     dtype: &str,
                     engine: &mut Engine|
          -> Result<ModelId> {
-            let dev_str = opts.device_override.as_deref().or(device).unwrap_or("cpu");
-            let device = DeviceSpec::parse(dev_str).map_err(|e| load_err(role, e))?;
+            let device = role_device(opts, device, role)?;
             let mo = ModelOptions {
                 device,
                 dtype: parse_dtype(dtype, device)?,
