@@ -256,6 +256,37 @@ fn kernels(a: KernelsArgs) -> Result<ExitCode> {
         &rows,
     );
     let failed: Vec<&cord_kv::ops::check::Parity> = results.iter().filter(|r| !r.ok).collect();
+    // Speed of each op against plain candle ops doing the same work, on the same device.
+    let mut timings = cord_runtime::logprob::timings(&dev)?;
+    timings.extend(cord_kv::ops::check::timings(&dev)?);
+    let _ = writeln!(out, "\nspeed on {spec} (mean per call)");
+    let rows: Vec<Vec<String>> = timings
+        .iter()
+        .map(|t| {
+            vec![
+                t.op.to_string(),
+                t.case.clone(),
+                format!("{:.1}", t.ours_us),
+                format!("{:.1}", t.baseline_us),
+                format!("{:.2}x", t.baseline_us / t.ours_us),
+                format!("{:.1e}", t.max_abs_diff),
+                t.baseline.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &mut *out,
+        &[
+            "op",
+            "case",
+            "ours µs",
+            "baseline µs",
+            "speedup",
+            "max |diff|",
+            "baseline",
+        ],
+        &rows,
+    );
     for r in failed.iter().take(10) {
         let _ = writeln!(
             out,
@@ -267,7 +298,7 @@ fn kernels(a: KernelsArgs) -> Result<ExitCode> {
         &a.common,
         "kernels",
         json!({ "device": spec.to_string() }),
-        json!({ "reference": reference, "seconds": secs, "cases": results }),
+        json!({ "reference": reference, "seconds": secs, "cases": results, "timings": timings }),
     )?;
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

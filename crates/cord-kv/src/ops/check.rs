@@ -305,6 +305,206 @@ pub fn parity(dev: &Device) -> Result<Vec<Parity>> {
     Ok(out)
 }
 
+/// One op timed against the plain-candle way of doing the same thing, on one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub op: &'static str,
+    pub case: String,
+    /// Mean microseconds per call of the op.
+    pub ours_us: f64,
+    /// What it is compared with, and its mean microseconds per call.
+    pub baseline: &'static str,
+    pub baseline_us: f64,
+    /// Largest |ours - baseline| over the outputs (attention, log-prob; 0 for the copies).
+    pub max_abs_diff: f64,
+}
+
+/// Mean seconds per call of `f` on `dev` (synchronized): 2 warm-up calls, then calls until
+/// 0.3 s or 50 calls, at least 3.
+pub fn time_per_call(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let t0 = std::time::Instant::now();
+    let mut n = 0u32;
+    while n < 3 || (n < 50 && t0.elapsed().as_secs_f64() < 0.3) {
+        f()?;
+        dev.synchronize()?;
+        n += 1;
+    }
+    Ok(t0.elapsed().as_secs_f64() / n as f64)
+}
+
+/// Attention of one layer done the way the model's `Attention::Gather` path does it: per
+/// sequence, gather its K/V rows by slot, then masked matmul + softmax (causal mask only).
+fn gather_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    seqs: &[(usize, usize, Vec<u32>)],
+    p: &AttentionParams,
+    bs: usize,
+) -> Result<Tensor> {
+    let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
+    let groups = nh / nkv;
+    let flat_k = k.reshape(((), nkv, hd))?;
+    let flat_v = v.reshape(((), nkv, hd))?;
+    let mut outs = Vec::with_capacity(seqs.len());
+    let mut off = 0;
+    for (t, ctx, blocks) in seqs {
+        let slots: Vec<u32> = (0..*ctx)
+            .map(|j| blocks[j / bs] * bs as u32 + (j % bs) as u32)
+            .collect();
+        let slots = Tensor::from_vec(slots, *ctx, q.device())?;
+        let kc = flat_k
+            .index_select(&slots, 0)?
+            .to_dtype(DType::F32)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let vc = flat_v
+            .index_select(&slots, 0)?
+            .to_dtype(DType::F32)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let qs = q
+            .narrow(0, off, *t)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .reshape((nkv, groups * t, hd))?;
+        let mut att = (qs.matmul(&kc.t()?)? * p.scale as f64)?;
+        if *t > 1 {
+            let mask: Vec<f32> = (0..*t)
+                .flat_map(|i| {
+                    (0..*ctx).map(move |j| {
+                        if j <= ctx - t + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (*t, *ctx), q.device())?;
+            att = att
+                .reshape((nkv, groups, *t, *ctx))?
+                .broadcast_add(&mask)?
+                .reshape((nkv, groups * t, *ctx))?;
+        }
+        let m = att.max_keepdim(2)?;
+        let e = att.broadcast_sub(&m)?.exp()?;
+        let att = e.broadcast_div(&e.sum_keepdim(2)?)?;
+        outs.push(att.matmul(&vc)?.reshape((nh, *t, hd))?.transpose(0, 1)?);
+        off += t;
+    }
+    Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
+}
+
+/// Times paged attention, KV write and block copy on `dev` against plain candle ops doing the
+/// same work (gather + matmul attention, `scatter_set`, `index_select` + `slice_set`). Shapes of
+/// a Qwen2.5-7B layer (28/4 heads of 128, bf16) on a GPU, smaller f32 ones on the CPU.
+pub fn timings(dev: &Device) -> Result<Vec<Timing>> {
+    let gpu = !dev.is_cpu();
+    let (dt, (nh, nkv, hd), n_seqs, ctx) = if gpu {
+        (DType::BF16, (28, 4, 128), 32, 1024)
+    } else {
+        (DType::F32, (8, 2, 64), 8, 512)
+    };
+    let bs = 16;
+    let mut out = vec![];
+    for (label, q_len) in [("decode", 1usize), ("append 16", 16)] {
+        let p = params(nh, nkv, hd);
+        // Enough blocks for every sequence without sharing: a cache of n_seqs * ctx slots.
+        let nb = n_seqs * ctx / bs;
+        let seqs: Vec<(usize, usize, Vec<u32>)> = (0..n_seqs)
+            .map(|i| {
+                let per = ctx / bs;
+                let blocks = (0..per).map(|b| ((b * n_seqs + i) % nb) as u32).collect();
+                (q_len, ctx, blocks)
+            })
+            .collect();
+        let t = n_seqs * q_len;
+        let q = Tensor::randn(0f32, 1.0, (t, nh, hd), dev)?.to_dtype(dt)?;
+        let k = Tensor::randn(0f32, 1.0, (nb, bs, nkv, hd), dev)?.to_dtype(dt)?;
+        let v = Tensor::randn(0f32, 1.0, (nb, bs, nkv, hd), dev)?.to_dtype(dt)?;
+        let plan_seqs: Vec<PlanSeq> = seqs
+            .iter()
+            .map(|(q_len, ctx, b)| PlanSeq {
+                q_len: *q_len,
+                ctx_len: *ctx,
+                blocks: b,
+            })
+            .collect();
+        let plan = AttentionPlan::new(&plan_seqs, bs, dev)?;
+        let a = paged_attention(&q, &k, &v, &plan, &p)?.to_dtype(DType::F32)?;
+        let b = gather_attention(&q, &k, &v, &seqs, &p, bs)?.to_dtype(DType::F32)?;
+        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+        let ours = time_per_call(dev, || paged_attention(&q, &k, &v, &plan, &p).map(drop))?;
+        let base = time_per_call(dev, || {
+            gather_attention(&q, &k, &v, &seqs, &p, bs).map(drop)
+        })?;
+        out.push(Timing {
+            op: "paged_attention",
+            case: format!("{label}: {n_seqs} seqs x {ctx} ctx, heads {nh}/{nkv}x{hd}, {dt:?}"),
+            ours_us: ours * 1e6,
+            baseline: "gather + matmul + softmax (candle ops)",
+            baseline_us: base * 1e6,
+            max_abs_diff: diff,
+        });
+    }
+    // KV write of one forward's new tokens into a layer.
+    let (n_slots, n_new) = (n_seqs * ctx, if gpu { 512 } else { 128 });
+    let cache = Tensor::zeros((n_slots, nkv, hd), dt, dev)?;
+    let src = Tensor::randn(0f32, 1.0, (n_new, nkv, hd), dev)?.to_dtype(dt)?;
+    let slots: Vec<u32> = (0..n_new).map(|i| ((i * 7919) % n_slots) as u32).collect();
+    let slots = Tensor::from_vec(slots, n_new, dev)?;
+    let ours = time_per_call(dev, || kv_write(&cache, &src, &slots))?;
+    let base = time_per_call(dev, || {
+        // As the cache did before: build the broadcast index, then scatter.
+        let ids = slots
+            .reshape((n_new, 1, 1))?
+            .broadcast_as((n_new, nkv, hd))?
+            .contiguous()?;
+        cache.scatter_set(&ids, &src, 0)
+    })?;
+    out.push(Timing {
+        op: "kv_write",
+        case: format!("{n_new} rows into {n_slots} slots, {nkv}x{hd}, {dt:?}"),
+        ours_us: ours * 1e6,
+        baseline: "broadcast index + scatter_set",
+        baseline_us: base * 1e6,
+        max_abs_diff: 0.0,
+    });
+    // Copy-on-write of a few blocks across all layers.
+    let (layers, blocks) = if gpu { (28, 256) } else { (8, 64) };
+    let elems = bs * nkv * hd;
+    let all = Tensor::zeros((layers, blocks, elems), dt, dev)?;
+    let pairs: Vec<(u32, u32)> = (0..8)
+        .map(|i| (i, 100.min(blocks as u32 - 9) + i))
+        .collect();
+    let ours = time_per_call(dev, || block_copy(&all, &pairs))?;
+    let base = time_per_call(dev, || {
+        for &(s, d) in &pairs {
+            let tmp = all.index_select(&Tensor::new(&[s], dev)?, 1)?;
+            all.slice_set(&tmp, 1, d as usize)?;
+        }
+        Ok(())
+    })?;
+    out.push(Timing {
+        op: "block_copy",
+        case: format!(
+            "{} pairs x {layers} layers, block {elems} elems, {dt:?}",
+            pairs.len()
+        ),
+        ours_us: ours * 1e6,
+        baseline: "index_select + slice_set per pair",
+        baseline_us: base * 1e6,
+        max_abs_diff: 0.0,
+    });
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
