@@ -562,13 +562,6 @@ impl Subject {
     }
 }
 
-fn mem_available_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Weight bytes a dense model reads per token: every weight except an untied embedding table
 /// (of which one row per token is read).
 fn dense_weight_bytes(cfg: &ModelConfig, dtype: DType) -> u64 {
@@ -602,10 +595,8 @@ fn gguf_weight_bytes(path: &Path) -> Option<u64> {
 
 fn load_subject(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let mut s = load_subject_model(t, engine)?;
-    match t.attention.as_deref() {
-        Some("paged") => s.model.set_attention(Attention::Paged),
-        Some("gather") => s.model.set_attention(Attention::Gather),
-        _ => {}
+    if let Some(a) = t.attention.as_deref().and_then(Attention::parse) {
+        s.model.set_attention(a);
     }
     Ok(s)
 }
@@ -680,7 +671,7 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
             let weight_bytes = dense_weight_bytes(&cfg, dtype);
             let total = cfg.num_parameters() as u64 * dtype.size_in_bytes() as u64;
             if device_spec == DeviceSpec::Cpu
-                && let Some(avail) = mem_available_bytes()
+                && let Some(avail) = cord_runtime::memory::cpu_available()
                 && total > avail
             {
                 bail!(

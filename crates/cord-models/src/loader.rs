@@ -563,11 +563,7 @@ pub fn estimate_weight_bytes(spec: &str, dtype: DType, dequantize: bool) -> Opti
         Resolved::Dir(dir) => {
             let cfg_path = dir.join("config.json");
             let cfg = ModelConfig::from_hf_json(&read_json(&cfg_path).ok()?, spec).ok()?;
-            let n: u64 = crate::weights::weight_specs(&cfg)
-                .iter()
-                .map(|s| s.shape.iter().product::<usize>() as u64)
-                .sum();
-            Some(n * dtype.size_in_bytes() as u64)
+            Some(cfg.num_parameters() as u64 * dtype.size_in_bytes() as u64)
         }
         Resolved::Gguf(file) => {
             let mut f = File::open(&file).ok()?;

@@ -38,11 +38,22 @@ impl Attention {
     /// The default for a device: `Paged` on CUDA, `Gather` on the CPU (candle's matmuls are
     /// faster there than the reference loop). `CORD_ATTENTION=paged|gather` overrides it.
     pub fn default_for(device: &Device) -> Attention {
-        match std::env::var("CORD_ATTENTION").as_deref() {
-            Ok("paged") => Attention::Paged,
-            Ok("gather") => Attention::Gather,
-            _ if device.is_cuda() => Attention::Paged,
-            _ => Attention::Gather,
+        match std::env::var("CORD_ATTENTION")
+            .ok()
+            .and_then(|v| Attention::parse(&v))
+        {
+            Some(a) => a,
+            None if device.is_cuda() => Attention::Paged,
+            None => Attention::Gather,
+        }
+    }
+
+    /// `paged` or `gather`.
+    pub fn parse(s: &str) -> Option<Attention> {
+        match s {
+            "paged" => Some(Attention::Paged),
+            "gather" => Some(Attention::Gather),
+            _ => None,
         }
     }
 }

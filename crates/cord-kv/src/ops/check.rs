@@ -212,6 +212,27 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// A copy op (`run` builds the inputs on a device, applies the op and reads the result back):
+/// the device result must equal the CPU one exactly.
+fn exact(
+    op: &'static str,
+    case: String,
+    dt: DType,
+    dev: &Device,
+    run: impl Fn(&Device) -> Result<Vec<f32>>,
+) -> Result<Parity> {
+    let want: Vec<f64> = run(&Device::Cpu)?.into_iter().map(f64::from).collect();
+    let err = max_err(&run(dev)?, &want);
+    Ok(Parity {
+        op,
+        case,
+        dtype: format!("{dt:?}"),
+        max_err: err,
+        tol: 0.0,
+        ok: err == 0.0,
+    })
+}
+
 fn round_fn(dt: DType) -> fn(f32) -> f32 {
     match dt {
         DType::BF16 => |x| half::bf16::from_f32(x).to_f32(),
@@ -273,16 +294,13 @@ pub fn parity(dev: &Device) -> Result<Vec<Parity>> {
             kv_write(&cache, &s, &Tensor::new(&slots[..], d)?)?;
             cache.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
         };
-        let want: Vec<f64> = run(&Device::Cpu)?.into_iter().map(f64::from).collect();
-        let err = max_err(&run(dev)?, &want);
-        out.push(Parity {
-            op: "kv_write",
-            case: format!("{n_slots} slots x {row}, 7 rows"),
-            dtype: format!("{dt:?}"),
-            max_err: err,
-            tol: 0.0,
-            ok: err == 0.0,
-        });
+        out.push(exact(
+            "kv_write",
+            format!("{n_slots} slots x {row}, 7 rows"),
+            dt,
+            dev,
+            run,
+        )?);
         let (layers, blocks, elems) = (3, 12, 16 * 2 * 64);
         let base = noise(layers * blocks * elems, 101);
         let pairs = [(1u32, 7u32), (0, 11), (1, 3)];
@@ -291,16 +309,13 @@ pub fn parity(dev: &Device) -> Result<Vec<Parity>> {
             block_copy(&cache, &pairs)?;
             cache.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
         };
-        let want: Vec<f64> = run(&Device::Cpu)?.into_iter().map(f64::from).collect();
-        let err = max_err(&run(dev)?, &want);
-        out.push(Parity {
-            op: "block_copy",
-            case: format!("{layers} layers x {blocks} blocks x {elems}, 3 pairs"),
-            dtype: format!("{dt:?}"),
-            max_err: err,
-            tol: 0.0,
-            ok: err == 0.0,
-        });
+        out.push(exact(
+            "block_copy",
+            format!("{layers} layers x {blocks} blocks x {elems}, 3 pairs"),
+            dt,
+            dev,
+            run,
+        )?);
     }
     Ok(out)
 }

@@ -111,15 +111,6 @@ impl AttentionPlan {
             device,
         })
     }
-
-    /// Query tokens of the whole batch.
-    pub fn num_tokens(&self) -> usize {
-        self.n_tokens
-    }
-
-    pub fn num_seqs(&self) -> usize {
-        self.n_seqs
-    }
 }
 
 /// Attention of `q` (`[T, num_heads, head_dim]`, the batch's new tokens packed in plan order)
@@ -278,40 +269,35 @@ impl CustomOp3 for PagedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let shape = l1.shape().clone();
         let (plan, p) = (&self.plan, &self.p);
+        // One dtype: the contiguous slices of q, k and v, widened to f32 element by element.
+        macro_rules! attend {
+            ($q:expr, $k:expr, $v:expr, $f:expr) => {
+                attend_cpu(
+                    slice($q, l1, "q")?,
+                    slice($k, l2, "k")?,
+                    slice($v, l3, "v")?,
+                    plan,
+                    p,
+                    $f,
+                )
+            };
+        }
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let o = attend_cpu(
-                    slice(q, l1, "q")?,
-                    slice(k, l2, "k")?,
-                    slice(v, l3, "v")?,
-                    plan,
-                    p,
-                    |x| x,
-                );
-                CpuStorage::F32(o)
+                CpuStorage::F32(attend!(q, k, v, |x| x))
             }
-            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
-                let o = attend_cpu(
-                    slice(q, l1, "q")?,
-                    slice(k, l2, "k")?,
-                    slice(v, l3, "v")?,
-                    plan,
-                    p,
-                    |x| x.to_f32(),
-                );
-                CpuStorage::BF16(o.into_iter().map(half::bf16::from_f32).collect())
-            }
-            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                let o = attend_cpu(
-                    slice(q, l1, "q")?,
-                    slice(k, l2, "k")?,
-                    slice(v, l3, "v")?,
-                    plan,
-                    p,
-                    |x| x.to_f32(),
-                );
-                CpuStorage::F16(o.into_iter().map(half::f16::from_f32).collect())
-            }
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => CpuStorage::BF16(
+                attend!(q, k, v, |x| x.to_f32())
+                    .into_iter()
+                    .map(half::bf16::from_f32)
+                    .collect(),
+            ),
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(
+                attend!(q, k, v, |x| x.to_f32())
+                    .into_iter()
+                    .map(half::f16::from_f32)
+                    .collect(),
+            ),
             (q, _, _) => bail!("paged-attention: unsupported dtype {:?}", q.dtype()),
         };
         Ok((out, shape))
