@@ -23,6 +23,10 @@ mod synth;
     about = "Collaborative step-wise multi-teacher decoding engine"
 )]
 struct Cli {
+    /// Debug logging (as `CORD_LOG=debug`), and errors keep the backtraces that libraries
+    /// captured (`RUST_BACKTRACE=1`).
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -154,12 +158,24 @@ fn main() -> ExitCode {
     // SAFETY: first statement of main; no other thread exists yet.
     unsafe { cord_runtime::threads::init_cpu_threads() };
     let cli = Cli::parse();
+    let debug = cli.verbose
+        || std::env::var("CORD_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    if !debug && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // With RUST_BACKTRACE=1 in the environment (common among Rust users, set in CI), candle
+        // captures a backtrace into every error it returns and prints it as part of the error's
+        // text: a 20-frame dump after a one-line user error. RUST_LIB_BACKTRACE=0 turns off
+        // those captures only; panics still print theirs. Read once by std, before any capture.
+        // SAFETY: still single-threaded (no thread has been spawned since main started).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    let filter = if cli.verbose {
+        tracing_subscriber::EnvFilter::new("debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_env("CORD_LOG").unwrap_or_else(|_| "warn".into())
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .init();
     let res = match cli.cmd {
         Cmd::Generate(a) => generate(a),

@@ -95,6 +95,16 @@ fn check_refusal(o: &Output, needles: &[&str]) -> String {
             && !err.contains("stack backtrace"),
         "a panic: {err}"
     );
+    // A captured backtrace prints frames as `  12: crate::function` lines.
+    let frame = |l: &str| {
+        let t = l.trim_start();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && t[digits..].starts_with(": ")
+    };
+    assert!(
+        !err.lines().any(frame),
+        "a backtrace after the error: {err}"
+    );
     assert_eq!(
         err.matches("error:").count(),
         1,
@@ -517,6 +527,37 @@ fn gguf_with_an_unsupported_tensor_type() {
             "unsupported tensor type 16",
         ],
     );
+}
+
+/// `cord generate` on a file of random bytes named `.gguf`, with RUST_BACKTRACE=1 set (as
+/// `common::cord` sets it): one error line, no backtrace that candle captured.
+#[test]
+fn random_bytes_as_a_gguf_model() {
+    let f = Fixture::new();
+    let path = f.path("random-bytes.gguf");
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let o = cord()
+        .args([
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    let err = check_refusal(&o, &["random-bytes.gguf"]);
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "one line: {err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
 
 // ---- devices and memory ----

@@ -35,17 +35,22 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// The default for a device: `Paged` on CUDA, `Gather` on the CPU (candle's matmuls are
-    /// faster there than the reference loop). `CORD_ATTENTION=paged|gather` overrides it.
+    /// The default: `Paged` on every device. `CORD_ATTENTION=paged|gather` overrides it.
+    ///
+    /// On the CPU the paged op's reference loop computes every query row on its own, in a fixed
+    /// order, so a token's result does not depend on how many other tokens share the forward.
+    /// `Gather` uses candle's f32 matmuls, whose blocking changes with the number of query rows
+    /// (~1e-5 differences); with quantized weights the next layer's 8-bit activation quantization
+    /// turns those into whole rounding steps, and a token's log-prob then moves by up to the
+    /// quantization noise (0.03–0.07 nats measured on SmolLM2 / Qwen2.5 for one position as the
+    /// scored text grows past 6–9 tokens; docs/testing.md). Scores must not depend on what else
+    /// is in the batch, so `Gather` is opt-in.
     pub fn default_for(device: &Device) -> Attention {
-        match std::env::var("CORD_ATTENTION")
+        let _ = device;
+        std::env::var("CORD_ATTENTION")
             .ok()
             .and_then(|v| Attention::parse(&v))
-        {
-            Some(a) => a,
-            None if device.is_cuda() => Attention::Paged,
-            None => Attention::Gather,
-        }
+            .unwrap_or(Attention::Paged)
     }
 
     /// `paged` or `gather`.

@@ -288,7 +288,7 @@ impl WeightSource {
     ///
     /// On the CPU, GGUF types without a SIMD kernel in candle (Q4_1, Q5_0, Q5_1) are re-quantized
     /// to Q8_0 at load: about 3× faster matmuls for ~50% more weight memory, and Q8_0 holds the
-    /// 4/5-bit values almost exactly.
+    /// 4/5-bit values almost exactly. With `dequantize` the stored values are used as they are.
     pub fn linear(
         &self,
         prefix: &str,
@@ -301,11 +301,14 @@ impl WeightSource {
         let wname = format!("{prefix}.weight");
         let w = match self {
             WeightSource::Gguf { dequantize, .. } => {
-                let qt = cpu_fast_qtensor(self.qtensor(&wname, &[out, inp], device)?, device)?;
+                let qt = self.qtensor(&wname, &[out, inp], device)?;
                 if *dequantize {
+                    // The file's own values: dequantized straight from the stored type, never
+                    // through the Q8_0 re-quantization below, so that `--dequantize` is an exact
+                    // f32 reference for the quantized paths.
                     QMatMul::Tensor(qt.dequantize(device)?.to_dtype(dtype)?)
                 } else {
-                    match QMatMul::from_qtensor(qt)? {
+                    match QMatMul::from_qtensor(cpu_fast_qtensor(qt, device)?)? {
                         QMatMul::Tensor(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
                         other => other,
                     }

@@ -1,5 +1,6 @@
 //! The real test models (fetched by `scripts/fetch-models.sh`) through `cord_models::load` and
-//! `Model::forward`: greedy continuations and GSM8K perplexity against docs/test-models.md §6.
+//! `Model::forward`: exact token ids and greedy continuations with the KV cache (log-probs and
+//! perplexities against an f32 oracle are in real_reference.rs).
 //!
 //! Assets are looked up in `$CORD_MODELS`, else `~/.cache/cord/models`; when they are absent each
 //! test prints a `SKIPPED:` line on stderr and passes.
@@ -12,13 +13,11 @@ mod assets;
 use std::path::Path;
 
 use assets::{GEMMA3, QWEN05, SMOLLM2, require};
-use candle_core::D;
 use cord_kv::KvCache;
 use cord_models::{LoadOptions, LoadedModel, LogitsMode, SeqInput};
 
 const FRANCE: &str = "The capital of France is";
 const GERMANY: &str = "The capital of France is Paris. The capital of Germany is";
-const GSM8K: &str = "data/gsm8k/0000.toml";
 const BLOCK: usize = 16;
 
 fn files(model: &str) -> [String; 2] {
@@ -115,78 +114,16 @@ fn check_continuation(
     lp
 }
 
-/// GSM8K test item 473 (the canonical fixture): `question + "\n" + answer.strip()`.
-fn gsm8k_text(dir: &Path) -> String {
-    let path = dir.join(GSM8K);
-    let src = std::fs::read_to_string(&path).unwrap();
-    let t: toml::Table = src
-        .parse()
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let field = |k: &str| {
-        t.get(k)
-            .and_then(toml::Value::as_str)
-            .unwrap_or_else(|| panic!("{}: no string `{k}`", path.display()))
-            .to_string()
-    };
-    assert_eq!(
-        t.get("id_orig").and_then(toml::Value::as_integer),
-        Some(473)
-    );
-    format!("{}\n{}", field("question"), field("answer").trim())
-}
-
-/// Perplexity over every token after the first, from one forward with all-position logits.
-fn perplexity(m: &LoadedModel, ids: &[u32]) -> f64 {
-    let mut kv = fresh_kv(m, ids.len());
-    let seq = kv.new_sequence();
-    let logits = m
-        .model
-        .forward(&[SeqInput::new(seq, ids, LogitsMode::All)], &mut kv)
-        .unwrap();
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    assert_eq!(lp.len(), ids.len());
-    let nll: f64 = (1..ids.len())
-        .map(|i| -(lp[i - 1][ids[i] as usize] as f64))
-        .sum();
-    (nll / (ids.len() - 1) as f64).exp()
-}
-
-fn check_ppl(m: &LoadedModel, name: &str, dir: &Path, tokens: usize, reference: f64) {
-    let ids = encode(m, &gsm8k_text(dir), None);
-    let ppl = perplexity(m, &ids);
-    eprintln!(
-        "{name}: GSM8K #473 PPL {ppl:.3} over {} tokens (f32 reference {reference} over {tokens})",
-        ids.len()
-    );
-    assert_eq!(
-        ids.len(),
-        tokens,
-        "{name}: token count of the GSM8K fixture"
-    );
-    assert!(
-        (ppl / reference - 1.0).abs() < 0.05,
-        "{name}: PPL {ppl:.3} is not within 5% of {reference}"
-    );
-}
-
 #[test]
-fn smollm2_135m_continuations_and_perplexity() {
-    let Some(dir) = need(
-        "smollm2_135m_continuations_and_perplexity",
-        SMOLLM2,
-        &[GSM8K],
-    ) else {
+fn smollm2_135m_continuations() {
+    let Some(dir) = need("smollm2_135m_continuations", SMOLLM2, &[]) else {
         return;
     };
     let m = load(&dir, SMOLLM2);
     let france = encode(&m, FRANCE, None);
     assert_eq!(france, [504, 3575, 282, 4649, 314]);
-    let lp = check_continuation(&m, "SmolLM2", &france, 1, 7042, " Paris");
-    assert!((lp - -0.26).abs() < 0.05, "SmolLM2: log-prob of Paris {lp}");
-    let lp = check_continuation(
+    check_continuation(&m, "SmolLM2", &france, 1, 7042, " Paris");
+    check_continuation(
         &m,
         "SmolLM2",
         &encode(&m, GERMANY, None),
@@ -194,28 +131,18 @@ fn smollm2_135m_continuations_and_perplexity() {
         11452,
         " Berlin. The capital of",
     );
-    assert!(
-        (lp - -0.037).abs() < 0.05,
-        "SmolLM2: log-prob of Berlin {lp}"
-    );
-    check_ppl(&m, "SmolLM2-135M", &dir, 172, 6.17);
 }
 
 #[test]
-fn qwen25_coder_05b_continuations_and_perplexity() {
-    let Some(dir) = need(
-        "qwen25_coder_05b_continuations_and_perplexity",
-        QWEN05,
-        &[GSM8K],
-    ) else {
+fn qwen25_coder_05b_continuations() {
+    let Some(dir) = need("qwen25_coder_05b_continuations", QWEN05, &[]) else {
         return;
     };
     let m = load(&dir, QWEN05);
     let france = encode(&m, FRANCE, None);
     assert_eq!(france, [785, 6722, 315, 9625, 374]);
-    let lp = check_continuation(&m, "Qwen2.5-Coder-0.5B", &france, 1, 12095, " Paris");
-    assert!((lp - -0.10).abs() < 0.05, "Qwen: log-prob of Paris {lp}");
-    let lp = check_continuation(
+    check_continuation(&m, "Qwen2.5-Coder-0.5B", &france, 1, 12095, " Paris");
+    check_continuation(
         &m,
         "Qwen2.5-Coder-0.5B",
         &encode(&m, GERMANY, None),
@@ -223,8 +150,6 @@ fn qwen25_coder_05b_continuations_and_perplexity() {
         19846,
         " Berlin. The capital of",
     );
-    assert!((lp - -0.015).abs() < 0.05, "Qwen: log-prob of Berlin {lp}");
-    check_ppl(&m, "Qwen2.5-Coder-0.5B", &dir, 165, 6.30);
 }
 
 #[test]

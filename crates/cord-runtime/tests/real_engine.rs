@@ -1,6 +1,6 @@
 //! The engine on the real test models (fetched by `scripts/fetch-models.sh`): one text prompt
-//! handed to three models with three tokenizers, scoring against the log-probs of
-//! docs/test-models.md §6.2, and a chat-templated prompt with a raw assistant prefill.
+//! handed to three models with three tokenizers, scoring against HF transformers' f32 log-probs,
+//! scores independent of the batch, and a chat-templated prompt with a raw assistant prefill.
 //!
 //! Assets are looked up in `$CORD_MODELS`, else `~/.cache/cord/models`; when they are absent each
 //! test prints a `SKIPPED:` line on stderr and passes.
@@ -97,33 +97,138 @@ fn one_text_prompt_continues_with_berlin_on_three_models() {
     }
 }
 
+/// HF transformers' f32 log-prob of " Paris" after "The capital of France is" on the fetched
+/// GGUFs' dequantized weights (3 significant digits), and the largest difference a single token's
+/// log-prob may show between the quantized and the f32 path: the bound derived in
+/// crates/cord-models/tests/real_reference.rs (`Q_MAX_ABS`) from 8-bit activation quantization.
+const PARIS_F32: [(&str, u32, f32); 2] = [(SMOLLM2, 7042, -0.258), (QWEN05, 12095, -0.098)];
+const Q_MAX_ABS: f32 = 1.5;
+
 #[test]
-fn score_of_paris_matches_the_reference_log_probs() {
+fn score_of_paris_matches_the_f32_reference() {
     let Some(dir) = need(
-        "score_of_paris_matches_the_reference_log_probs",
+        "score_of_paris_matches_the_f32_reference",
         &[SMOLLM2, QWEN05],
     ) else {
         return;
     };
-    let mut e = Engine::new();
     let req = ScoreRequest {
         context: "The capital of France is".into(),
         continuation: " Paris".into(),
     };
-    for (model, paris, want) in [(SMOLLM2, 7042u32, -0.26f32), (QWEN05, 12095, -0.10)] {
-        let id = add(&mut e, &dir, model);
-        let out = e.score(id, std::slice::from_ref(&req)).unwrap().remove(0);
+    for (model, paris, hf) in PARIS_F32 {
+        let path = dir.join(model).join("model.gguf");
+        let mut lp = vec![];
+        for dequantize in [true, false] {
+            let mut e = Engine::new();
+            let o = ModelOptions {
+                dequantize,
+                ..opts()
+            };
+            let id = e.add_model(path.to_str().unwrap(), &o).unwrap();
+            let out = e.score(id, std::slice::from_ref(&req)).unwrap().remove(0);
+            assert_eq!(out.token_ids, [paris], "{model}");
+            assert_eq!(out.context_tokens, 5, "{model}");
+            lp.push(out.logprobs[0]);
+        }
         eprintln!(
-            "{model}: log p(\" Paris\" | \"The capital of France is\") = {:.4}",
-            out.logprobs[0]
+            "{model}: log p(\" Paris\" | \"The capital of France is\"): f32 path {:.4} \
+             (HF f32 {hf}), quantized {:.4}",
+            lp[0], lp[1]
         );
-        assert_eq!(out.token_ids, [paris], "{model}");
-        assert_eq!(out.context_tokens, 5, "{model}");
+        // The f32 path: the constant's rounding (5e-4) plus f32 noise.
         assert!(
-            (out.logprobs[0] - want).abs() <= 0.05,
-            "{model}: log-prob {} vs {want}",
-            out.logprobs[0]
+            (lp[0] - hf).abs() <= 1e-3,
+            "{model}: f32 path {} vs {hf}",
+            lp[0]
         );
+        assert!(
+            (lp[1] - lp[0]).abs() <= Q_MAX_ABS,
+            "{model}: quantized {} vs f32 {}",
+            lp[1],
+            lp[0]
+        );
+    }
+}
+
+/// A candidate's log-probs do not depend on what else is scored with it: scored alone, with a
+/// longer continuation (more rows in the forward), inside a batch of other candidates, and over
+/// a context that the prefix cache already holds, its shared positions get the same values.
+///
+/// On x86-64 every kernel on the path computes each row on its own (candle's quantized matmuls
+/// quantize and dot each activation row separately; cord's CPU attention is the paged op's
+/// per-row loop), so the values are bit-identical. Elsewhere (aarch64 tiles 4 rows at a time and
+/// runs the tail rows as a different kernel) they may move by up to the quantization bound.
+#[test]
+fn scores_do_not_depend_on_the_batch() {
+    let Some(dir) = need("scores_do_not_depend_on_the_batch", &[SMOLLM2, QWEN05]) else {
+        return;
+    };
+    let ctx = "Question: what is the capital of France?\nAnswer:";
+    let req = |c: &str| ScoreRequest {
+        context: ctx.into(),
+        continuation: c.into(),
+    };
+    let short = req(" The capital of France is Paris.");
+    let long = req(
+        " The capital of France is Paris. It is also the largest city of the country, on the Seine.",
+    );
+    let others = [
+        req(" Lyon"),
+        req(" I do not know, but it might be Marseille or Lyon or Paris."),
+        req(" ### Step 1. Recall the capitals of Europe"),
+    ];
+    let bound = if cfg!(target_arch = "x86_64") {
+        0.0
+    } else {
+        Q_MAX_ABS
+    };
+    for model in [SMOLLM2, QWEN05] {
+        let mut e = Engine::new();
+        let id = add(&mut e, &dir, model);
+        let alone = e.score(id, std::slice::from_ref(&short)).unwrap().remove(0);
+        // The context is now in the prefix cache: this call computes only the continuations.
+        let batch = [
+            others[0].clone(),
+            long.clone(),
+            others[1].clone(),
+            short.clone(),
+            others[2].clone(),
+        ];
+        let outs = e.score(id, &batch).unwrap();
+        assert!(
+            outs[3].reused_tokens > 0,
+            "{model}: the context was not reused"
+        );
+        let mut fresh = Engine::new();
+        let fid = add(&mut fresh, &dir, model);
+        let longer = fresh
+            .score(fid, std::slice::from_ref(&long))
+            .unwrap()
+            .remove(0);
+        let n = alone.logprobs.len();
+        assert_eq!(
+            &longer.token_ids[..n],
+            &alone.token_ids[..],
+            "{model}: tokens"
+        );
+        let views = [
+            ("longer continuation", &longer.logprobs[..n]),
+            ("in a batch, cached context", &outs[3].logprobs[..]),
+            ("longer, in a batch, cached context", &outs[1].logprobs[..n]),
+        ];
+        for (what, lp) in views {
+            let d = lp
+                .iter()
+                .zip(&alone.logprobs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{model}: {what}: max |Δ log p| {d:.3e} over {n} tokens");
+            assert!(
+                d <= bound,
+                "{model}: {what} moves a log-prob by {d} > {bound}"
+            );
+        }
     }
 }
 

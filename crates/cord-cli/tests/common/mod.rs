@@ -83,10 +83,11 @@ pub fn problems_text(n: usize) -> String {
         .collect()
 }
 
-/// The real binary, with a clean environment for logs and backtraces.
+/// The real binary, with a clean environment for logs and `RUST_BACKTRACE=1` set, as many Rust
+/// users (and CI) have it: errors must still be one line without a captured backtrace.
 pub fn cord() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cord"));
-    c.env_remove("RUST_BACKTRACE")
+    c.env("RUST_BACKTRACE", "1")
         .env_remove("RUST_LIB_BACKTRACE")
         .env_remove("CORD_LOG")
         .env("HF_HUB_OFFLINE", "1")
