@@ -419,10 +419,12 @@ impl Parser {
         }
     }
 
-    /// A function argument: `{..}`, `(..)` or a power (`\sin 2x` reads `\sin(2)*x`).
+    /// A function argument: `{..}`, `(..)` (a `!` after it applies to the call) or a power
+    /// (`\sin 2x` reads `\sin(2)*x`).
     fn arg(&mut self) -> PResult {
         match self.peek() {
             Some(Tok::Open('{')) => self.group(),
+            Some(Tok::Open('(')) => self.primary(),
             _ => self.power(),
         }
     }
