@@ -79,6 +79,16 @@ fn attempts_and_keep_correct_with_resume() {
         !rej.is_empty(),
         "the tiny models solved everything: nothing was rejected"
     );
+    let tries: usize = kept
+        .iter()
+        .chain(&rej)
+        .map(|(_, v)| v["attempts"].as_array().unwrap().len())
+        .sum();
+    eprintln!(
+        "{} kept, {} rejected, {tries} attempts for {N} problems",
+        kept.len(),
+        rej.len()
+    );
     // Attempts really differ: another seed gives another trajectory.
     let (_, v) = &rej[0];
     let a = v["attempts"].as_array().unwrap();

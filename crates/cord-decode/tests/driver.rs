@@ -405,3 +405,21 @@ fn rejection_sampling_retries_wrong_answers_with_the_next_seed() {
         assert_eq!(r1.predicted, r.attempts[0].predicted);
     }
 }
+
+#[test]
+fn records_without_the_newer_fields_still_read() {
+    let pool = pool(2, "beam_width = 2\nattempts = 2");
+    let settings = Settings::shared(&pool).unwrap();
+    let mut b = seed_dependent(2);
+    let mut out: Vec<Record> = Vec::new();
+    run(&mut b, &settings, problems(2), &mut out, &mut |_| {}).unwrap();
+    let mut v = serde_json::to_value(&out[0]).unwrap();
+    assert!(v.get("predicted_normalized").is_some() && v.get("attempts").is_some());
+    let o = v.as_object_mut().unwrap();
+    o.remove("predicted_normalized");
+    o.remove("attempts");
+    let old: Record = serde_json::from_value(v).unwrap();
+    assert_eq!(old.predicted_normalized, None);
+    assert!(old.attempts.is_empty());
+    assert_eq!(old.predicted, out[0].predicted);
+}
