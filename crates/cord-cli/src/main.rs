@@ -10,6 +10,7 @@ use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRe
 use cord_runtime::sampling::SamplingParams;
 
 mod bench;
+mod export;
 mod interrupt;
 mod merge;
 mod report;
@@ -49,6 +50,21 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Print a pool file's teachers, devices and fingerprint (`--gpus`: GPUs it needs).
     PoolInfo(shard::PoolInfoArgs),
+    /// Check a predicted answer against the reference answer; exit 0 when they match, 1 when not.
+    Verify(VerifyArgs),
+    /// Export records as a dataset directory (parquet + a README.md dataset card).
+    Export(export::ExportArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The reference answer (`1/2`, `\frac{1}{2}`, `[0, 1)`, `Yes`, ...).
+    gold: String,
+    /// The predicted answer.
+    prediction: String,
+    /// Take the prediction as a model's whole text and extract its final answer first.
+    #[arg(long)]
+    extract: bool,
 }
 
 #[derive(Args, Clone)]
@@ -186,6 +202,8 @@ fn main() -> ExitCode {
         Cmd::Merge(a) => merge::merge_cmd(a),
         Cmd::Report(a) => report::report(a),
         Cmd::PoolInfo(a) => shard::pool_info(a),
+        Cmd::Verify(a) => verify(a),
+        Cmd::Export(a) => export::export(a),
     };
     match res {
         Ok(code) => code,
@@ -194,6 +212,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let prediction = if a.extract {
+        match cord_decode::answer::extract_answer(&a.prediction) {
+            Some(p) => p,
+            None => {
+                println!("no answer found in the prediction");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    } else {
+        a.prediction.clone()
+    };
+    let v = cord_decode::answer::verify(&a.gold, &prediction);
+    println!("{}", if v.equal { "equal" } else { "not equal" });
+    println!("gold:       {}", v.gold);
+    println!("prediction: {}", v.prediction);
+    Ok(if v.equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn generate(a: GenerateArgs) -> Result<ExitCode> {

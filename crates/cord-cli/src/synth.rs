@@ -58,6 +58,14 @@ pub struct RunArgs {
     /// Only the first N problems of the input.
     #[arg(long)]
     limit: Option<usize>,
+    /// Attempts per problem (rejection sampling): a problem whose verified answer is wrong runs
+    /// again from scratch with the next seed, up to N attempts in all (default: the pool's, 1).
+    #[arg(long, value_name = "N")]
+    attempts: Option<usize>,
+    /// Which records go to the output: `all`, or `correct` (records whose answer is still wrong
+    /// go to OUT.rejected.jsonl instead).
+    #[arg(long, value_enum, default_value_t = Keep::All)]
+    keep: Keep,
     /// Skip ids already complete in the output (a torn last line is dropped).
     #[arg(long)]
     resume: bool,
@@ -91,6 +99,25 @@ pub struct RunArgs {
     quiet: bool,
 }
 
+/// `--keep`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Keep {
+    #[default]
+    All,
+    Correct,
+}
+
+/// Where `--keep correct` puts the records whose answer is wrong: `OUT.rejected.jsonl` for
+/// `OUT.jsonl` (else the output name + `.rejected.jsonl`).
+pub fn rejected_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    output.with_file_name(format!("{stem}.rejected.jsonl"))
+}
+
 /// `--kv-mib`: MiB, or `auto`.
 fn parse_kv_mib(s: &str) -> std::result::Result<KvMemory, String> {
     if s.eq_ignore_ascii_case("auto") {
@@ -122,6 +149,7 @@ impl RunArgs {
             max_step_tokens: self.max_step_tokens,
             problems_in_flight: self.problems_in_flight,
             seed: self.seed,
+            attempts: self.attempts,
             save_tree: self.save_tree.then_some(true),
             record_timing: self.no_timing.then_some(false),
             ..SearchOverrides::default()
@@ -250,8 +278,30 @@ fn run_pool(
             }
         );
     }
+    // `--keep correct`: the rejected records have their own file, resumed alike; an id is done
+    // when it is in either file.
+    let mut rejected = match run.keep {
+        Keep::All => None,
+        Keep::Correct => {
+            let path = rejected_path(output);
+            let (w, rinfo) = RecordWriter::open(&path, mode, &pool.fingerprint())?;
+            if rinfo.records > 0 {
+                eprintln!(
+                    "resuming {}: {} rejected records complete",
+                    path.display(),
+                    rinfo.records
+                );
+            }
+            Some((w, rinfo))
+        }
+    };
     let total_input = problems.len();
-    problems.retain(|p| !info.done.contains(&p.id));
+    problems.retain(|p| {
+        !info.done.contains(&p.id)
+            && !rejected
+                .as_ref()
+                .is_some_and(|(_, r)| r.done.contains(&p.id))
+    });
     if problems.is_empty() {
         eprintln!(
             "nothing to do: all {total_input} problems are already in {}",
@@ -260,6 +310,9 @@ fn run_pool(
         // A finished run leaves its output file, even an empty one (an empty shard): `cord
         // merge` and job scripts expect it. No model was loaded, so nothing can fail after this.
         writer.sync()?;
+        if let Some((w, _)) = rejected.as_mut() {
+            w.sync()?;
+        }
         return Ok(Summary::default());
     }
 
@@ -316,11 +369,14 @@ fn run_pool(
         ));
     };
     bar.tick();
-    let summary = cord_decode::run_until(
+    let summary = cord_decode::run_sinks(
         &mut backend,
         &settings,
         problems,
         &mut writer,
+        rejected
+            .as_mut()
+            .map(|(w, _)| w as &mut dyn cord_decode::RecordSink),
         &mut on_progress,
         &crate::interrupt::requested,
     )?;
@@ -352,6 +408,12 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
         s.seconds,
         s.seconds / s.problems.max(1) as f64
     );
+    if s.attempts > s.problems || s.rejected > 0 {
+        println!(
+            "  {} attempts for {} problems; {} rejected (answer still wrong)",
+            s.attempts, s.problems, s.rejected
+        );
+    }
     for (name, toks) in &s.tokens_per_teacher {
         println!(
             "  teacher {name}: {toks} tokens generated ({:.1} tok/s)",
@@ -377,6 +439,9 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
         );
     }
     println!("records: {}", output.display());
+    if s.rejected > 0 {
+        println!("rejected: {}", rejected_path(output).display());
+    }
 }
 
 fn short_name(spec: &str) -> String {

@@ -113,6 +113,10 @@ impl ScorerKind {
     }
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 /// `[search]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -149,6 +153,11 @@ pub struct SearchConfig {
     pub score_period: bool,
     /// Do not write records whose answer is wrong (O-20: off).
     pub drop_incorrect: bool,
+    /// Rejection sampling: a problem whose answer does not verify runs again from scratch with
+    /// the next run seed, up to this many attempts in all (default 1: no retry). Left out of
+    /// the fingerprint when 1, so pools without it keep their fingerprint.
+    #[serde(skip_serializing_if = "is_one")]
+    pub attempts: usize,
     /// Default for teachers' `prefill_think`: the assistant prefill starts with `<think>\n`.
     pub prefill_think: bool,
     /// Write the whole candidate tree into each record.
@@ -183,6 +192,7 @@ impl Default for SearchConfig {
             resample_empty: true,
             score_period: true,
             drop_incorrect: false,
+            attempts: 1,
             prefill_think: true,
             save_tree: false,
             record_timing: true,
@@ -329,6 +339,7 @@ pub struct SearchOverrides {
     pub mcts_c: Option<f64>,
     pub dedupe: Option<bool>,
     pub drop_incorrect: Option<bool>,
+    pub attempts: Option<usize>,
     pub save_tree: Option<bool>,
     pub record_timing: Option<bool>,
     pub scorer_kind: Option<ScorerKind>,
@@ -383,6 +394,7 @@ impl PoolConfig {
             mcts_c,
             dedupe,
             drop_incorrect,
+            attempts,
             save_tree,
             record_timing
         );
@@ -420,6 +432,7 @@ impl PoolConfig {
         positive("search.problems_in_flight", s.problems_in_flight)?;
         positive("search.max_steps", s.max_steps)?;
         positive("search.mcts_simulations", s.mcts_simulations)?;
+        positive("search.attempts", s.attempts)?;
         if let Some(n) = s.curation_samples {
             positive("search.curation_samples", n)?;
         }

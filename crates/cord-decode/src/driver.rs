@@ -8,6 +8,12 @@
 //! `problems_in_flight` is — except `stats.seconds` and `stats.prefix_tokens_reused` (both left
 //! out with `record_timing = false`). To bound the buffer, problem `i` is started only
 //! while `i < first unwritten + 4 × problems_in_flight`.
+//!
+//! **Rejection sampling.** With `attempts = N > 1`, a search whose answer does not verify is
+//! started again from scratch for the same problem with the next run seed (seed + 1, + 2, …)
+//! until one verifies or N attempts are spent; the record written is the last attempt's, with
+//! every attempt's outcome in `attempts`. With a rejected sink ([`run_sinks`]), records whose
+//! answer is still wrong go there instead of to the output.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::io::{Problem, Record, RecordSink};
+use crate::io::{AttemptOutcome, Problem, Record, RecordSink};
 use crate::search::{Need, Reply, Search, Settings, new_search};
 
 /// Progress after each finished problem (for a progress bar).
@@ -27,7 +33,7 @@ pub struct Progress<'a> {
     pub correct: usize,
     /// The record just finished.
     pub record: &'a Record,
-    /// Whether it was written (false when dropped as incorrect).
+    /// Whether it was written to the output (false when dropped or rejected as incorrect).
     pub written: bool,
 }
 
@@ -38,6 +44,12 @@ pub struct Summary {
     pub written: usize,
     /// Records not written because their answer was wrong (`drop_incorrect`).
     pub dropped: usize,
+    /// Records written to the rejected sink because their answer was wrong.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected: usize,
+    /// Attempts run in all (equal to `problems` without rejection sampling).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attempts: usize,
     pub correct: usize,
     /// correct / problems.
     pub accuracy: f64,
@@ -59,9 +71,29 @@ pub struct Summary {
     pub interrupted: bool,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 struct Active {
     index: usize,
     search: Box<dyn Search>,
+    /// Kept to start another attempt (only with `attempts > 1`).
+    problem: Option<Problem>,
+    /// 0-based attempt now running.
+    attempt: usize,
+    history: Vec<AttemptOutcome>,
+}
+
+/// The settings of attempt `k` (0-based): the run seed + k.
+fn attempt_settings(settings: &Arc<Settings>, k: usize) -> Arc<Settings> {
+    if k == 0 {
+        return settings.clone();
+    }
+    Arc::new(Settings {
+        seed: settings.seed.wrapping_add(k as u64),
+        ..(**settings).clone()
+    })
 }
 
 /// Runs every problem through the configured search and writes the records in input order.
@@ -84,6 +116,20 @@ pub fn run_until(
     settings: &Arc<Settings>,
     problems: Vec<Problem>,
     sink: &mut dyn RecordSink,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    stop: &dyn Fn() -> bool,
+) -> Result<Summary> {
+    run_sinks(backend, settings, problems, sink, None, progress, stop)
+}
+
+/// As [`run_until`]; records whose answer is wrong (after every attempt) go to `rejected`
+/// when it is given (`--keep correct`), else to `sink`.
+pub fn run_sinks(
+    backend: &mut dyn Backend,
+    settings: &Arc<Settings>,
+    problems: Vec<Problem>,
+    sink: &mut dyn RecordSink,
+    mut rejected: Option<&mut dyn RecordSink>,
     progress: &mut dyn FnMut(&Progress<'_>),
     stop: &dyn Fn() -> bool,
 ) -> Result<Summary> {
@@ -128,9 +174,13 @@ pub fn run_until(
             && *i < next_write + window
         {
             let (index, p) = queue.pop_front().expect("front exists");
+            summary.attempts += 1;
             active.push(Active {
                 index,
+                problem: (settings.attempts > 1).then(|| p.clone()),
                 search: new_search(settings.clone(), p),
+                attempt: 0,
+                history: Vec::new(),
             });
         }
         if active.is_empty() {
@@ -188,17 +238,39 @@ pub fn run_until(
             };
             active[a].search.feed(reply)?;
         }
-        // Retire finished searches (highest index first so that indices stay valid).
+        // Retire finished searches (highest index first so that indices stay valid), or start
+        // the next attempt of a wrong one.
         for (a, rec) in finished.into_iter().rev() {
+            let act = &mut active[a];
+            if settings.attempts > 1 {
+                act.history.push(AttemptOutcome::of(&rec, act.attempt + 1));
+                if !rec.correct
+                    && act.attempt + 1 < settings.attempts
+                    && let Some(p) = act.problem.clone()
+                {
+                    act.attempt += 1;
+                    act.search = new_search(attempt_settings(settings, act.attempt), p);
+                    summary.attempts += 1;
+                    continue;
+                }
+            }
             let act = active.remove(a);
-            ready.insert(act.index, *rec);
+            let mut rec = *rec;
+            rec.attempts = act.history;
+            ready.insert(act.index, rec);
         }
         let mut wrote = false;
+        let mut wrote_rejected = false;
         while let Some(rec) = ready.remove(&next_write) {
             next_write += 1;
             done += 1;
-            let write = rec.correct || !settings.drop_incorrect;
-            if write {
+            let reject = !rec.correct && rejected.is_some();
+            let write = !reject && (rec.correct || !settings.drop_incorrect);
+            if reject && let Some(r) = rejected.as_deref_mut() {
+                r.write_record(&rec)?;
+                summary.rejected += 1;
+                wrote_rejected = true;
+            } else if write {
                 sink.write_record(&rec)?;
                 summary.written += 1;
                 wrote = true;
@@ -226,8 +298,14 @@ pub fn run_until(
         if wrote {
             sink.sync()?;
         }
+        if wrote_rejected && let Some(r) = rejected.as_deref_mut() {
+            r.sync()?;
+        }
     }
     sink.sync()?;
+    if let Some(r) = rejected {
+        r.sync()?;
+    }
     if done > 0 {
         summary.accuracy = summary.correct as f64 / done as f64;
         summary.mean_score = score_sum / done as f64;

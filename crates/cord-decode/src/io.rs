@@ -327,7 +327,16 @@ pub struct Record {
     pub answer_teacher: String,
     /// Answer extracted from `final_answer`.
     pub predicted: Option<String>,
+    /// Normal form of `predicted` (`cord_verify::normalize`); absent in records written before
+    /// it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_normalized: Option<String>,
+    /// Whether `predicted` verifies against `answer` (`cord_verify::verify`).
     pub correct: bool,
+    /// With `attempts > 1` (rejection sampling): the outcome of every attempt, in order; the
+    /// record itself is the last one. Empty (absent) with a single attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptOutcome>,
     /// Predictive-perplexity score of the chosen trajectory.
     pub score: f64,
     pub forced_close: bool,
@@ -339,6 +348,37 @@ pub struct Record {
     pub stats: RecordStats,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<Vec<TreeEntry>>,
+}
+
+/// One attempt at a problem under rejection sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptOutcome {
+    /// 1-based attempt number.
+    pub attempt: usize,
+    /// Run seed of the attempt (the configured seed + attempt - 1).
+    pub seed: u64,
+    pub predicted: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_normalized: Option<String>,
+    pub correct: bool,
+    pub score: f64,
+    /// Tokens the attempt generated (all teachers).
+    pub tokens_generated: u64,
+}
+
+impl AttemptOutcome {
+    /// The outcome of `record`, attempt number `attempt`.
+    pub fn of(record: &Record, attempt: usize) -> Self {
+        AttemptOutcome {
+            attempt,
+            seed: record.config.seed,
+            predicted: record.predicted.clone(),
+            predicted_normalized: record.predicted_normalized.clone(),
+            correct: record.correct,
+            score: record.score,
+            tokens_generated: record.stats.tokens_generated.values().sum(),
+        }
+    }
 }
 
 /// Where the driver puts finished records.

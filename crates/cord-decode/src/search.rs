@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::answer::{answers_match, extract_answer};
+use crate::answer::{extract_answer, verify};
 use crate::backend::{
     AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest,
 };
@@ -94,6 +94,8 @@ pub struct Settings {
     pub resample_empty: bool,
     pub score_period: bool,
     pub drop_incorrect: bool,
+    /// Attempts per problem (rejection sampling; 1 = no retry).
+    pub attempts: usize,
     pub save_tree: bool,
     pub record_timing: bool,
     pub answer_prefix: String,
@@ -132,6 +134,7 @@ impl Settings {
             resample_empty: s.resample_empty,
             score_period: s.score_period,
             drop_incorrect: s.drop_incorrect,
+            attempts: s.attempts,
             save_tree: s.save_tree,
             record_timing: s.record_timing,
             answer_prefix: s.answer_prefix.clone(),
@@ -491,9 +494,9 @@ pub(crate) fn build_record(
     let body = score_context(&o.reasoning);
     let response = format!("<think>\n{body}\n{THINK_CLOSE}\n\n{final_answer}");
     let predicted = extract_answer(&final_answer);
-    let correct = predicted
-        .as_deref()
-        .is_some_and(|x| answers_match(x, &p.answer));
+    let verdict = predicted.as_deref().map(|x| verify(&p.answer, x));
+    let correct = verdict.as_ref().is_some_and(|v| v.equal);
+    let predicted_normalized = verdict.map(|v| v.prediction);
     Record {
         id: p.id.clone(),
         question: p.question.clone(),
@@ -503,7 +506,9 @@ pub(crate) fn build_record(
         final_answer,
         answer_teacher: s.teacher_names[o.answer_teacher].clone(),
         predicted,
+        predicted_normalized,
         correct,
+        attempts: Vec::new(),
         score: o.score,
         forced_close: o.forced,
         answer_truncated: answer.finish == Finish::Length,

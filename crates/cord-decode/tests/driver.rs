@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use common::*;
 use cord_decode::backend::{Finish, Proposal};
-use cord_decode::io::{OutputMode, Problem, RecordSink, RecordWriter};
+use cord_decode::io::{OutputMode, Problem, Record, RecordSink, RecordWriter};
 use cord_decode::scripted::ScriptedBackend;
 use cord_decode::seed::{fnv1a64, splitmix64};
 use cord_decode::{Error, PoolConfig, Settings, run};
@@ -287,4 +287,139 @@ fn backend_with_other_teachers_is_refused() {
     let mut b = generative(3);
     let err = run(&mut b, &settings, problems(1), &mut Vec::new(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("3 teachers"), "{err}");
+}
+
+/// A backend whose final answer depends on the request seed, so that another attempt (another
+/// run seed) can answer differently.
+fn seed_dependent(k: usize) -> ScriptedBackend {
+    generative(k).with_answer_fn(|r| {
+        let v = splitmix64(r.seed) % 3;
+        Some(Proposal::new(
+            format!("The final answer is \\boxed{{{v}}}."),
+            Finish::Eos,
+            8,
+        ))
+    })
+}
+
+#[test]
+fn rejection_sampling_retries_wrong_answers_with_the_next_seed() {
+    const ATTEMPTS: usize = 4;
+    let run_with = |in_flight: usize, rejected: bool| {
+        let pool = pool(
+            2,
+            &format!(
+                "beam_width = 2\nproblems_in_flight = {in_flight}\nattempts = {ATTEMPTS}\nseed = 7"
+            ),
+        );
+        let settings = Settings::shared(&pool).unwrap();
+        let mut b = seed_dependent(2);
+        let (mut out, mut rej): (Vec<Record>, Vec<Record>) = (Vec::new(), Vec::new());
+        let s = cord_decode::run_sinks(
+            &mut b,
+            &settings,
+            problems(12),
+            &mut out,
+            rejected.then_some(&mut rej as &mut dyn RecordSink),
+            &mut |_| {},
+            &|| false,
+        )
+        .unwrap();
+        (s, out, rej)
+    };
+    let (s, out, rej) = run_with(4, false);
+    assert!(rej.is_empty());
+    assert_eq!(out.len(), 12);
+    let mut retried_then_right = 0;
+    for r in &out {
+        let a = &r.attempts;
+        assert!(
+            (1..=ATTEMPTS).contains(&a.len()),
+            "{}: {} attempts",
+            r.id,
+            a.len()
+        );
+        for (k, o) in a.iter().enumerate() {
+            assert_eq!(o.attempt, k + 1);
+            assert_eq!(
+                o.seed,
+                7 + k as u64,
+                "attempt {} runs with the next seed",
+                k + 1
+            );
+        }
+        assert!(
+            a[..a.len() - 1].iter().all(|o| !o.correct),
+            "{}: retried a right answer",
+            r.id
+        );
+        let last = a.last().unwrap();
+        assert_eq!(last.correct, r.correct);
+        assert_eq!(last.predicted, r.predicted);
+        assert_eq!(r.config.seed, last.seed, "the record is the last attempt's");
+        if !r.correct {
+            assert_eq!(a.len(), ATTEMPTS, "{}: wrong but gave up early", r.id);
+        }
+        retried_then_right += usize::from(r.correct && a.len() > 1);
+    }
+    assert!(
+        retried_then_right > 0,
+        "no problem was right only after a retry"
+    );
+    assert!(out.iter().any(|r| !r.correct), "every problem ended right");
+    assert_eq!(
+        s.attempts,
+        out.iter().map(|r| r.attempts.len()).sum::<usize>()
+    );
+    assert_eq!(s.correct, out.iter().filter(|r| r.correct).count());
+
+    // The same records whatever the number of problems in flight.
+    let (_, out1, _) = run_with(1, false);
+    assert_eq!(out1, out);
+
+    // With a rejected sink: right answers to the output, wrong ones to the rejected sink.
+    let (s2, kept, rej) = run_with(4, true);
+    assert!(kept.iter().all(|r| r.correct) && rej.iter().all(|r| !r.correct));
+    assert_eq!(s2.rejected, rej.len());
+    assert_eq!(s2.written, kept.len());
+    let mut ids: Vec<&str> = kept.iter().chain(&rej).map(|r| r.id.as_str()).collect();
+    ids.sort();
+    let mut all: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    all.sort();
+    assert_eq!(ids, all);
+    assert_eq!(kept.len() + rej.len(), out.len());
+
+    // One attempt (the default): no retry and no `attempts` in the records.
+    let pool1 = pool(2, "beam_width = 2\nseed = 7");
+    let settings = Settings::shared(&pool1).unwrap();
+    let mut b = seed_dependent(2);
+    let mut single = Vec::new();
+    let s = run(&mut b, &settings, problems(12), &mut single, &mut |_| {}).unwrap();
+    assert_eq!(s.attempts, 12);
+    assert!(single.iter().all(|r| r.attempts.is_empty()));
+    let json = serde_json::to_string(&single[0]).unwrap();
+    assert!(!json.contains("\"attempts\""), "{json}");
+    // The first attempt of the multi-attempt run is the single-attempt run.
+    for (r1, r) in single.iter().zip(&out) {
+        assert_eq!(r1.correct, r.attempts[0].correct);
+        assert_eq!(r1.predicted, r.attempts[0].predicted);
+    }
+}
+
+#[test]
+fn records_without_the_newer_fields_still_read() {
+    let pool = pool(2, "beam_width = 2\nattempts = 2");
+    let settings = Settings::shared(&pool).unwrap();
+    let mut b = seed_dependent(2);
+    let mut out: Vec<Record> = Vec::new();
+    run(&mut b, &settings, problems(2), &mut out, &mut |_| {}).unwrap();
+    let mut v = serde_json::to_value(&out[0]).unwrap();
+    assert!(v.get("predicted_normalized").is_some() && v.get("attempts").is_some());
+    let o = v.as_object_mut().unwrap();
+    o.remove("predicted_normalized");
+    o.remove("attempts");
+    let old: Record = serde_json::from_value(v).unwrap();
+    assert_eq!(old.predicted_normalized, None);
+    assert!(old.attempts.is_empty());
+    assert_eq!(old.predicted, out[0].predicted);
 }
