@@ -108,7 +108,7 @@ struct Target {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Attention path: `paged` (the paged-attention op) or `gather` (per-sequence gather +
-    /// matmuls); default: paged on CUDA, gather on the CPU.
+    /// matmuls); default: paged (row-independent results; see docs/testing.md).
     #[arg(long, value_parser = ["paged", "gather"])]
     attention: Option<String>,
 }

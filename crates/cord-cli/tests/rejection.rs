@@ -122,15 +122,13 @@ fn attempts_and_keep_correct_with_resume() {
     let unique: BTreeSet<&String> = all.iter().collect();
     assert_eq!(all.len(), N, "ids: {all:?}");
     assert_eq!(unique.len(), N);
-    assert_eq!(
-        std::fs::read(&out2).unwrap(),
-        std::fs::read(&out).unwrap(),
-        "resumed output differs from the one-go run"
-    );
-    assert_eq!(
-        std::fs::read(&rejected2).unwrap(),
-        std::fs::read(&rejected).unwrap()
-    );
+    // Same records; floats may differ in the last bits, since a resumed run batches other rows
+    // together and the tiny models' dense f32 matmuls round by row count (determinism.rs).
+    for (a, b) in [(&out2, &out), (&rejected2, &rejected)] {
+        let diff = compare_records(a, b)
+            .unwrap_or_else(|e| panic!("resumed output differs from the one-go run: {e}"));
+        assert!(diff.max_rel <= 1e-6, "resumed output: {diff:?}");
+    }
     // A third resume finds nothing to do.
     let o = synth(
         &pool,
