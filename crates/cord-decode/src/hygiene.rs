@@ -20,6 +20,10 @@ pub struct FilterConfig {
     pub enabled: bool,
     /// A non-blank line (whitespace normalised) that occurs this many times rejects the step.
     pub max_line_repeats: usize,
+    /// A line template (every run of digits read as one number) that occurs this many times
+    /// and makes up at least half of the step's lines rejects the step: numbered copies such
+    /// as `#### 1. Solve for X`, `#### 2. Solve for X`, ... (0 = off).
+    pub max_template_repeats: usize,
     /// A step whose last `loop_tail` share of words is one n-gram repeated (at least
     /// `loop_min_repeats` times in a row) is a loop.
     pub loop_tail: f64,
@@ -39,6 +43,7 @@ impl Default for FilterConfig {
         FilterConfig {
             enabled: true,
             max_line_repeats: 3,
+            max_template_repeats: 4,
             loop_tail: 0.4,
             loop_max_ngram: 8,
             loop_min_repeats: 3,
@@ -51,6 +56,12 @@ impl Default for FilterConfig {
 impl FilterConfig {
     /// Checks the thresholds; errors name the key.
     pub fn validate(&self) -> Result<()> {
+        if self.max_template_repeats == 1 {
+            return Err(Error::config(
+                "filter.max_template_repeats",
+                "must be 0 (off) or at least 2",
+            ));
+        }
         if self.max_line_repeats < 2 {
             return Err(Error::config(
                 "filter.max_line_repeats",
@@ -143,6 +154,9 @@ pub fn check_step(body: &str, earlier: &[&str], cfg: &FilterConfig) -> Option<Re
     if repeated_line(body, cfg.max_line_repeats) {
         return Some(Reject::RepeatedLine);
     }
+    if repeated_template(body, cfg.max_template_repeats) {
+        return Some(Reject::RepeatedLine);
+    }
     if looping_tail(body, cfg) {
         return Some(Reject::Loop);
     }
@@ -180,6 +194,38 @@ fn repeated_line(body: &str, max: usize) -> bool {
         }
     }
     false
+}
+
+/// Lines with every digit run replaced by `0`: the most frequent one occurs `max` times or
+/// more and is at least half of the non-blank lines.
+fn repeated_template(body: &str, max: usize) -> bool {
+    if max == 0 {
+        return false;
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut lines = 0usize;
+    for line in body.lines() {
+        let l = normalize_ws(line);
+        if l.is_empty() {
+            continue;
+        }
+        lines += 1;
+        let mut t = String::with_capacity(l.len());
+        let mut in_digits = false;
+        for c in l.chars() {
+            if c.is_ascii_digit() {
+                if !in_digits {
+                    t.push('0');
+                }
+                in_digits = true;
+            } else {
+                t.push(c);
+                in_digits = false;
+            }
+        }
+        *counts.entry(t).or_default() += 1;
+    }
+    counts.values().any(|&n| n >= max && 2 * n >= lines)
 }
 
 /// The longest suffix of `words` that is one n-gram (n ≤ max) repeated at least `min_repeats`
@@ -299,6 +345,22 @@ mod tests {
             check_step("x = 2\ny = 3\nx = 2", &[], &cfg),
             Some(Reject::RepeatedLine)
         );
+    }
+
+    #[test]
+    fn numbered_copies_of_a_line_are_rejected() {
+        // From a real demo-pool trace (SmolLM2-135M, GSM8K).
+        let t = "### Step 1. Solve the equation for X:\n#### 1. Solve equation for X\n#### 2. Solve equation for X\n#### 3. Solve equation for X\n#### 4. Solve equation for X\n#### 5. Add equation for X";
+        assert_eq!(check(t), Some(Reject::RepeatedLine));
+        // Three calculations of one form are a step, not junk; so are four among many lines.
+        assert_eq!(check("2 * 5 = 10\n3 * 5 = 15\n4 * 5 = 20"), None);
+        let mixed = "Day 1: 5 apples\nDay 2: 7 apples\nDay 3: 9 apples\nDay 4: 11 apples\nIn all 5 + 7 + 9 + 11 = 32.\nHe eats 2 a day.\nSo 32 / 2 = 16 days.\nHe buys 3 more.\nThat makes 19.";
+        assert_eq!(check(mixed), None);
+        let off = FilterConfig {
+            max_template_repeats: 0,
+            ..FilterConfig::default()
+        };
+        assert_eq!(check_step(t, &[], &off), None);
     }
 
     #[test]
