@@ -33,6 +33,9 @@ pub struct FilterConfig {
     pub loop_min_repeats: usize,
     /// Reject a step equal (whitespace normalised) to an earlier step of the same beam.
     pub reject_repeated_step: bool,
+    /// With `reject_repeated_step`: also a step of at least 8 words whose set of words
+    /// overlaps an earlier step's this much (Jaccard; 1 = exact repeats only).
+    pub near_repeat: f64,
     /// Letters and digits must be at least this share of the non-whitespace characters
     /// (U+FFFD replacement characters and markup such as `#`, `*`, `|` do not count).
     pub min_text_ratio: f64,
@@ -48,6 +51,7 @@ impl Default for FilterConfig {
             loop_max_ngram: 8,
             loop_min_repeats: 3,
             reject_repeated_step: true,
+            near_repeat: 0.9,
             min_text_ratio: 0.3,
         }
     }
@@ -79,6 +83,9 @@ impl FilterConfig {
                 "filter.loop_min_repeats",
                 "must be at least 2",
             ));
+        }
+        if !(self.near_repeat > 0.0 && self.near_repeat <= 1.0) {
+            return Err(Error::config("filter.near_repeat", "must be in (0, 1]"));
         }
         if !(0.0..=1.0).contains(&self.min_text_ratio) {
             return Err(Error::config("filter.min_text_ratio", "must be in [0, 1]"));
@@ -165,8 +172,38 @@ pub fn check_step(body: &str, earlier: &[&str], cfg: &FilterConfig) -> Option<Re
         if earlier.iter().any(|e| normalize_ws(step_body(e)) == norm) {
             return Some(Reject::RepeatsEarlierStep);
         }
+        if cfg.near_repeat < 1.0 {
+            let words = word_set(body);
+            if body.split_whitespace().count() >= 8
+                && earlier
+                    .iter()
+                    .any(|e| jaccard(&words, &word_set(step_body(e))) >= cfg.near_repeat)
+            {
+                return Some(Reject::RepeatsEarlierStep);
+            }
+        }
     }
     None
+}
+
+/// Lower-cased words with punctuation trimmed (numbers kept: steps that differ in their
+/// numbers are different calculations).
+fn word_set(body: &str) -> std::collections::HashSet<String> {
+    body.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+fn jaccard(a: &std::collections::HashSet<String>, b: &std::collections::HashSet<String>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 {
+        return 0.0;
+    }
+    a.intersection(b).count() as f64 / union as f64
 }
 
 fn enough_text(body: &str, min_ratio: f64) -> bool {
@@ -407,6 +444,32 @@ mod tests {
             check_step("### Step 3. He buys 4 more.", &earlier, &off),
             None
         );
+    }
+
+    #[test]
+    fn a_near_copy_of_an_earlier_step_is_rejected() {
+        // From a real demo-pool trace (gsm8k-473): step 2 copies step 1 up to a colon and the
+        // last numbered line.
+        let s1 = "### Step 1. Solve the equation for X:\n#### 1. Solve equation for X\n#### 2. Solve equation for X\n#### 3. Add equation for X\n\n";
+        let s2 = "### Step 2. Solve the equation for X\n#### 1. Solve equation for X\n#### 2. Add equation for X\n#### 3. Add equation for X";
+        let cfg = FilterConfig::default();
+        assert_eq!(
+            check_step(s2, &[s1], &cfg),
+            Some(Reject::RepeatsEarlierStep)
+        );
+        // A step that reuses the numbers and some words of an earlier one is not a copy, nor
+        // is the same sentence with other numbers (another calculation; real trace, gsm8k-1264).
+        let c = "### Step 2. 3 times that amount in the next 30 seconds.\n\\[ 3 \\times 20 = 60 \\text{ pop} \\]\n\n";
+        let d = "### Step 3. 4 times that amount in the next 30 seconds.\n\\[ 4 \\times 30 = 120 \\text{ pop} \\]";
+        assert_eq!(check_step(d, &[c], &cfg), None);
+        let a = "### Step 1. Each box holds 12 eggs and there are 4 boxes.\n\n";
+        let b = "### Step 2. So the 4 boxes hold 12 * 4 = 48 eggs in all.";
+        assert_eq!(check_step(b, &[a], &cfg), None);
+        let exact_only = FilterConfig {
+            near_repeat: 1.0,
+            ..cfg
+        };
+        assert_eq!(check_step(s2, &[s1], &exact_only), None);
     }
 
     #[test]
