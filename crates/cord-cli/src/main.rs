@@ -10,6 +10,7 @@ use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRe
 use cord_runtime::sampling::SamplingParams;
 
 mod bench;
+mod eval;
 mod export;
 mod interrupt;
 mod merge;
@@ -40,6 +41,9 @@ enum Cmd {
     Score(ScoreArgs),
     /// Synthesize reasoning trajectories for a problems file with a teacher pool.
     Synth(synth::SynthArgs),
+    /// Compare the pool's method, curation and each teacher alone on the same problems: one
+    /// table of verified accuracy, junk left in the traces, natural ends, time and tokens.
+    Eval(eval::EvalArgs),
     /// Fetch the small demo models if missing and run CoRD on a few GSM8K problems.
     Demo(synth::DemoArgs),
     /// Throughput and memory benchmarks (decode, beam, score, synth).
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Score(a) => score(a),
         Cmd::Synth(a) => synth::synth(a),
         Cmd::Demo(a) => synth::demo(a),
+        Cmd::Eval(a) => eval::eval(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Merge(a) => merge::merge_cmd(a),
         Cmd::Report(a) => report::report(a),

@@ -67,6 +67,8 @@ pub struct TeacherInfo {
     pub candidates: usize,
     /// Final answers written.
     pub answers: usize,
+    /// Candidates rejected by the filter (or dropped as empty), per reason.
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// Share of selected steps per teacher by relative position in the trajectory.
@@ -92,6 +94,9 @@ pub struct ProblemView {
     pub final_answer: String,
     pub answer_teacher: String,
     pub forced_close: bool,
+    pub natural_end: bool,
+    /// Why the problem has no trajectory (every beam's candidates were rejected).
+    pub failed: Option<String>,
     pub steps: Vec<StepView>,
     pub nodes: Vec<NodeView>,
     /// Tree node ids of the final trajectory, step 1 first (empty when not found in the tree).
@@ -243,6 +248,7 @@ pub fn build(records: &[Record], source: &str, bins: usize) -> Result<ReportData
         }
     };
     for r in records {
+        r.stats.rejected.keys().for_each(|t| note(t));
         r.steps.iter().for_each(|s| note(&s.teacher));
         r.tree.iter().flatten().for_each(|e| note(&e.teacher));
         if !r.answer_teacher.is_empty() {
@@ -259,6 +265,7 @@ pub fn build(records: &[Record], source: &str, bins: usize) -> Result<ReportData
     let mut steps_by = vec![0usize; k];
     let mut cands_by = vec![0usize; k];
     let mut answers_by = vec![0usize; k];
+    let mut rejected_by = vec![BTreeMap::<String, u64>::new(); k];
     let mut problems = Vec::new();
     let (mut steps_total, mut cands_total) = (0, 0);
     let mut seconds: Option<f64> = None;
@@ -275,6 +282,13 @@ pub fn build(records: &[Record], source: &str, bins: usize) -> Result<ReportData
         }
         for e in tree {
             cands_by[t_index[e.teacher.as_str()]] += 1;
+        }
+        for (t, reasons) in &r.stats.rejected {
+            for (why, n) in reasons {
+                *rejected_by[t_index[t.as_str()]]
+                    .entry(why.clone())
+                    .or_default() += n;
+            }
         }
         if let Some(&t) = t_index.get(r.answer_teacher.as_str()) {
             answers_by[t] += 1;
@@ -296,6 +310,8 @@ pub fn build(records: &[Record], source: &str, bins: usize) -> Result<ReportData
             final_answer: r.final_answer.clone(),
             answer_teacher: r.answer_teacher.clone(),
             forced_close: r.forced_close,
+            natural_end: r.natural_end,
+            failed: r.failed.clone(),
             steps: r
                 .steps
                 .iter()
@@ -365,6 +381,7 @@ pub fn build(records: &[Record], source: &str, bins: usize) -> Result<ReportData
             },
             candidates: cands_by[i],
             answers: answers_by[i],
+            rejected: rejected_by[i].clone(),
         })
         .collect();
     let correct = records.iter().filter(|r| r.correct).count();

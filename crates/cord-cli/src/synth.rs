@@ -42,22 +42,22 @@ pub struct SynthArgs {
 pub struct RunArgs {
     /// cord | greedy | curation | mcts
     #[arg(long)]
-    method: Option<String>,
+    pub(crate) method: Option<String>,
     #[arg(long)]
-    beam_width: Option<usize>,
+    pub(crate) beam_width: Option<usize>,
     #[arg(long)]
-    think_budget: Option<usize>,
+    pub(crate) think_budget: Option<usize>,
     #[arg(long)]
-    answer_budget: Option<usize>,
+    pub(crate) answer_budget: Option<usize>,
     #[arg(long)]
-    max_step_tokens: Option<usize>,
+    pub(crate) max_step_tokens: Option<usize>,
     #[arg(long)]
-    problems_in_flight: Option<usize>,
+    pub(crate) problems_in_flight: Option<usize>,
     #[arg(long)]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Only the first N problems of the input.
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Attempts per problem (rejection sampling): a problem whose verified answer is wrong runs
     /// again from scratch with the next seed, up to N attempts in all (default: the pool's, 1).
     #[arg(long, value_name = "N")]
@@ -68,35 +68,39 @@ pub struct RunArgs {
     keep: Keep,
     /// Skip ids already complete in the output (a torn last line is dropped).
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Replace an existing output file.
     #[arg(long, conflicts_with = "resume")]
-    overwrite: bool,
+    pub(crate) overwrite: bool,
     /// Resume into an output written with another pool or method.
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     /// Record every candidate of every step (for `cord report`).
     #[arg(long)]
-    save_tree: bool,
+    pub(crate) save_tree: bool,
     /// Leave wall-clock seconds out of the records (byte-identical reruns).
     #[arg(long)]
-    no_timing: bool,
+    pub(crate) no_timing: bool,
+    /// Score every non-empty candidate, junk included (the paper's raw behaviour; the pool's
+    /// `[filter]` is turned off).
+    #[arg(long)]
+    pub(crate) no_filter: bool,
     /// Run every model on this device instead of the pool's (`cpu`, `cuda:N`).
     #[arg(long)]
-    device: Option<String>,
+    pub(crate) device: Option<String>,
     /// KV cache memory per model, MiB, or `auto`: on a GPU, what the device's budget leaves after
     /// the weights of its models (and an activation reserve), split evenly; 2048 MiB on the CPU.
     #[arg(long, default_value = "2048", value_parser = parse_kv_mib)]
-    kv_mib: KvMemory,
+    pub(crate) kv_mib: KvMemory,
     /// Share of each GPU's memory that the weights + KV pools placed on it may take.
     #[arg(long, default_value_t = 0.9)]
-    gpu_memory_fraction: f64,
+    pub(crate) gpu_memory_fraction: f64,
     /// Write the run summary (and per-model engine counters) as JSON here.
     #[arg(long)]
-    stats: Option<PathBuf>,
+    pub(crate) stats: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// `--keep`.
@@ -152,6 +156,7 @@ impl RunArgs {
             attempts: self.attempts,
             save_tree: self.save_tree.then_some(true),
             record_timing: self.no_timing.then_some(false),
+            filter: self.no_filter.then_some(false),
             ..SearchOverrides::default()
         })
     }
@@ -212,7 +217,7 @@ pub fn synth(a: SynthArgs) -> Result<ExitCode> {
 
 /// Every line of the input is read before anything else happens: a bad line stops the run
 /// before any model is loaded, with every bad line listed, unless `skip` leaves them out.
-fn read_input(path: &Path, skip: bool) -> Result<Vec<Problem>> {
+pub(crate) fn read_input(path: &Path, skip: bool) -> Result<Vec<Problem>> {
     let scan = scan_problems_file(path)?;
     if !skip || scan.bad.is_empty() {
         return Ok(scan.into_strict(&path.display().to_string())?);
@@ -240,7 +245,7 @@ fn exit_code(summary: &Summary) -> ExitCode {
 }
 
 /// Loads the pool, runs every (not yet done) problem and prints the summary.
-fn run_pool(
+pub(crate) fn run_pool(
     pool: &PoolConfig,
     mut problems: Vec<Problem>,
     output: &Path,
@@ -408,10 +413,32 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
         s.seconds,
         s.seconds / s.problems.max(1) as f64
     );
-    if s.attempts > s.problems || s.rejected > 0 {
+    if s.attempts > s.problems || s.rejected_records > 0 {
         println!(
             "  {} attempts for {} problems; {} rejected (answer still wrong)",
-            s.attempts, s.problems, s.rejected
+            s.attempts, s.problems, s.rejected_records
+        );
+    }
+    println!(
+        "  ends: {} natural (a step closed the reasoning, the teacher's EOS or the answer stated), {} closed by the search; {} failed (no trajectory)",
+        s.natural_ends,
+        s.written + s.dropped + s.rejected_records - s.natural_ends - s.failed,
+        s.failed
+    );
+    if !s.rejected.is_empty() {
+        let parts: Vec<String> = s
+            .rejected
+            .iter()
+            .map(|(t, rs)| {
+                let rs: Vec<String> = rs.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                format!("{t}: {}", rs.join(", "))
+            })
+            .collect();
+        println!(
+            "  rejected candidates: {}; beams resampled {}, dropped {}",
+            parts.join("; "),
+            s.beams_resampled,
+            s.beams_dropped
         );
     }
     for (name, toks) in &s.tokens_per_teacher {
@@ -439,7 +466,7 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
         );
     }
     println!("records: {}", output.display());
-    if s.rejected > 0 {
+    if s.rejected_records > 0 {
         println!("rejected: {}", rejected_path(output).display());
     }
 }
@@ -559,6 +586,14 @@ pub fn demo(mut a: DemoArgs) -> Result<ExitCode> {
         let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if let Some(why) = r["failed"].as_str() {
+            println!(
+                "✗ {:<12} gt {:>6}  failed: {why}",
+                r["id"].as_str().unwrap_or("?"),
+                r["answer"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
         let teachers: Vec<&str> = r["steps"]
             .as_array()
             .map(|s| s.iter().filter_map(|x| x["teacher"].as_str()).collect())

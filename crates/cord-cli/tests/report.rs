@@ -115,6 +115,8 @@ fn record(id: &str, correct: bool, evil_at: Option<usize>) -> Record {
         attempts: Vec::new(),
         score: 0.8,
         forced_close: false,
+        natural_end: false,
+        failed: None,
         answer_truncated: false,
         response: format!("<think>\n{reasoning}\n</think>\n\n"),
         messages: vec![Message {

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::hygiene::FilterConfig;
 use crate::seed::fnv1a64;
 
 /// Default scoring suffix (paper, section 5).
@@ -170,6 +171,10 @@ pub struct SearchConfig {
     /// `"The final answer is "` (the scoring template's wording) makes them state it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub answer_prefix: String,
+    /// End a trajectory when a step states the final answer ("the final answer is ..." or a
+    /// `\boxed{}`): the step is cut after that line and the reasoning is closed there, instead
+    /// of the search asking for more steps up to `max_steps`.
+    pub end_on_answer: bool,
 }
 
 impl Default for SearchConfig {
@@ -197,6 +202,7 @@ impl Default for SearchConfig {
             save_tree: false,
             record_timing: true,
             answer_prefix: String::new(),
+            end_on_answer: true,
         }
     }
 }
@@ -304,6 +310,9 @@ pub struct PoolConfig {
     pub scorer: ScorerConfig,
     #[serde(default, rename = "teacher")]
     pub teachers: Vec<TeacherConfig>,
+    /// Candidate hygiene (junk steps rejected before scoring).
+    #[serde(default)]
+    pub filter: FilterConfig,
 }
 
 /// Where a scorer's weights come from.
@@ -344,6 +353,8 @@ pub struct SearchOverrides {
     pub record_timing: Option<bool>,
     pub scorer_kind: Option<ScorerKind>,
     pub scorer_model: Option<String>,
+    /// `Some(false)`: `--no-filter`.
+    pub filter: Option<bool>,
 }
 
 const KNOWN_DTYPES: &[&str] = &["bf16", "f16", "f32", "auto"];
@@ -407,6 +418,9 @@ impl PoolConfig {
         if let Some(m) = &o.scorer_model {
             self.scorer.model = Some(m.clone());
         }
+        if let Some(f) = o.filter {
+            self.filter.enabled = f;
+        }
         self.validate()
     }
 
@@ -436,6 +450,7 @@ impl PoolConfig {
         if let Some(n) = s.curation_samples {
             positive("search.curation_samples", n)?;
         }
+        self.filter.validate()?;
         if s.max_step_tokens > s.think_budget {
             return Err(Error::config(
                 "search.max_step_tokens",
@@ -634,6 +649,7 @@ impl PoolConfig {
             scorer_system_prompt: &'a Option<String>,
             scorer_dtype: &'a Option<String>,
             teachers: Vec<TeacherConfig>,
+            filter: &'a FilterConfig,
         }
         let mut search = self.search.clone();
         search.problems_in_flight = 0;
@@ -661,6 +677,7 @@ impl PoolConfig {
             scorer_system_prompt: &self.scorer.system_prompt,
             scorer_dtype: &self.scorer.dtype,
             teachers,
+            filter: &self.filter,
         };
         let json = serde_json::to_string(&fp).unwrap_or_default();
         format!("{:016x}", fnv1a64(json.as_bytes()))

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use crate::backend::{Backend, ProposeRequest};
 use crate::error::{Error, Result};
+use crate::hygiene::Reject;
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
-    answer_request, build_record, closed, expect_len, finish_step,
+    answer_request, build_record, closed, expect_len, failed_record, step_texts,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -37,7 +38,16 @@ struct Slot {
     /// The think budget is already spent for this teacher: the parent is force-closed.
     no_room: bool,
     outcome: Option<StepOutcome>,
+    /// The step was rejected by the filter.
+    rejected: Option<Reject>,
     tokens: usize,
+}
+
+impl Slot {
+    /// The slot gives no candidate: its step is empty or was rejected.
+    fn unusable(&self) -> bool {
+        !self.no_room && (self.rejected.is_some() || self.outcome == Some(StepOutcome::Blank))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +85,8 @@ enum State {
     ForceAll {
         reason: &'static str,
     },
+    /// Every beam was dropped and none had finished: the problem is recorded as failed.
+    Failed(String),
     Scoring {
         cands: Vec<Cand>,
         groups: Vec<(usize, Vec<usize>)>,
@@ -85,6 +97,9 @@ enum State {
     Over,
 }
 
+/// First tree id of rejected candidates.
+const REJECTED_IDS: u64 = 1 << 40;
+
 /// Beam search over one problem.
 pub struct CordSearch {
     s: Arc<Settings>,
@@ -93,6 +108,8 @@ pub struct CordSearch {
     finished: Vec<Beam>,
     t: usize,
     next_id: u64,
+    /// Rejected candidates so far (their tree ids start at [`REJECTED_IDS`]).
+    rejected_count: u64,
     state: State,
     stats: StatsAcc,
     tree: Vec<TreeEntry>,
@@ -119,6 +136,7 @@ impl CordSearch {
             finished: Vec::new(),
             t: 1,
             next_id: 1,
+            rejected_count: 0,
             state: State::Expand,
             stats: StatsAcc::default(),
             tree: Vec::new(),
@@ -167,6 +185,7 @@ impl CordSearch {
                     max_new: cap.min(room),
                     no_room: room == 0,
                     outcome: None,
+                    rejected: None,
                     tokens: 0,
                 };
                 if !slot.no_room {
@@ -200,6 +219,10 @@ impl CordSearch {
     fn candidates(&mut self, slots: Vec<Slot>) -> Vec<Cand> {
         let mut cands: Vec<Cand> = Vec::new();
         for slot in slots {
+            if slot.rejected.is_some() {
+                // Its tree entry was written when it was rejected.
+                continue;
+            }
             let parent = &self.live[slot.rank];
             let (parent_id, parent_reasoning) = (parent.id, parent.reasoning.clone());
             let id = self.new_id();
@@ -288,6 +311,67 @@ impl CordSearch {
             cands.push(cand);
         }
         cands
+    }
+
+    /// Filters a slot's new step: a rejection is counted and written to the tree.
+    fn check_slot(&mut self, slot: &Slot, out: &StepOutcome) -> Option<Reject> {
+        let parent = &self.live[slot.rank];
+        let why = match out {
+            StepOutcome::Blank => {
+                self.stats.reject(&self.s, slot.teacher, Reject::Empty);
+                return None;
+            }
+            StepOutcome::Step { body, .. } => {
+                let text = format!("{}{body}", slot.header);
+                let why = self.s.reject(&text, &step_texts(&parent.steps))?;
+                (text, why)
+            }
+        };
+        let (text, why) = why;
+        // Rejected candidates get ids of their own, so that beam ids (and the seeds drawn from
+        // them) are the same with and without the filter.
+        let (parent_id, id) = (parent.id, REJECTED_IDS + self.rejected_count);
+        self.rejected_count += 1;
+        self.stats.reject(&self.s, slot.teacher, why);
+        self.tree_entry(
+            self.t,
+            id,
+            Some(parent_id),
+            Some(slot.rank),
+            slot.teacher,
+            &text,
+            None,
+            false,
+            false,
+            Some(format!("rejected: {why}")),
+            Vec::new(),
+        );
+        Some(why)
+    }
+
+    /// Counts the beams left without a candidate and says why, for a failed record.
+    fn dropped_beams(&mut self, slots: &[Slot]) -> String {
+        let mut reasons: Vec<String> = Vec::new();
+        for rank in 0..self.live.len() {
+            let of_beam: Vec<&Slot> = slots.iter().filter(|sl| sl.rank == rank).collect();
+            if !of_beam.is_empty() && of_beam.iter().all(|sl| sl.unusable()) {
+                if self.s.filter.enabled {
+                    self.stats.beams_dropped += 1;
+                }
+                for sl in of_beam {
+                    let why = sl.rejected.map_or("empty", Reject::as_str);
+                    let r = format!("{}: {why}", self.s.teacher_names[sl.teacher]);
+                    if !reasons.contains(&r) {
+                        reasons.push(r);
+                    }
+                }
+            }
+        }
+        format!(
+            "step {}: every candidate of every beam was rejected, also after a resample ({})",
+            self.t,
+            reasons.join(", ")
+        )
     }
 
     fn force_all(&mut self, reason: &'static str) -> Vec<Cand> {
@@ -474,7 +558,18 @@ impl Search for CordSearch {
                     return Ok(Need::Propose(reqs));
                 }
                 State::Candidates { slots } => {
+                    let dropped = self.dropped_beams(&slots);
                     let cands = self.candidates(slots);
+                    if cands.is_empty() && self.s.filter.enabled {
+                        self.live.clear();
+                        if self.finished.is_empty() {
+                            tracing::warn!(id = %self.p.id, step = self.t, "{dropped}");
+                            self.state = State::Failed(dropped);
+                        } else {
+                            self.state = State::Answer;
+                        }
+                        continue;
+                    }
                     if cands.is_empty() {
                         tracing::warn!(id = %self.p.id, step = self.t, "every candidate was empty; force-closing the live beams");
                         self.state = State::ForceAll {
@@ -511,6 +606,18 @@ impl Search for CordSearch {
                     self.state = State::Answering;
                     return Ok(Need::Answer(vec![req]));
                 }
+                State::Failed(reason) => {
+                    let tree = self.s.save_tree.then(|| std::mem::take(&mut self.tree));
+                    let rec = failed_record(
+                        &self.s,
+                        &self.p,
+                        reason,
+                        std::mem::take(&mut self.stats),
+                        tree,
+                        self.started,
+                    );
+                    return Ok(Need::Done(Box::new(rec)));
+                }
                 State::Finished(r) => return Ok(Need::Done(r)),
                 s @ (State::Proposing { .. } | State::Scoring { .. } | State::Answering) => {
                     self.state = s;
@@ -536,12 +643,30 @@ impl Search for CordSearch {
                 self.stats.proposals(&self.s, &teachers, &ps);
                 let mut again = Vec::new();
                 for (&i, p) in pending.iter().zip(&ps) {
-                    let out = finish_step(p, slots[i].budget_limited);
+                    let out = self.s.step_outcome(p, slots[i].budget_limited);
                     if out == StepOutcome::Blank && !resample && self.s.resample_empty {
                         again.push(i);
                     }
                     slots[i].tokens = p.tokens;
+                    slots[i].rejected = self.check_slot(&slots[i], &out);
                     slots[i].outcome = Some(out);
+                }
+                if self.s.filter.enabled && !resample {
+                    // A beam whose every candidate is empty or rejected is proposed for once
+                    // more, with new seeds; after that it is dropped.
+                    for rank in 0..self.live.len() {
+                        let of_beam = || slots.iter().enumerate().filter(|(_, sl)| sl.rank == rank);
+                        let any_pending = of_beam().any(|(i, _)| pending.contains(&i));
+                        if any_pending && of_beam().all(|(_, sl)| sl.unusable()) {
+                            self.stats.beams_resampled += 1;
+                            for (i, sl) in of_beam() {
+                                if !sl.no_room && !again.contains(&i) {
+                                    again.push(i);
+                                }
+                            }
+                        }
+                    }
+                    again.sort_unstable();
                 }
                 self.state = if again.is_empty() {
                     State::Candidates { slots }

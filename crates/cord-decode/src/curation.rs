@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use crate::backend::{Backend, Finish, ProposeRequest};
 use crate::error::{Error, Result};
+use crate::hygiene::{Reject, degenerate_steps, states_answer};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, THINK_CLOSE, answer_request,
-    build_record, closed, expect_len,
+    build_record, closed, expect_len, failed_record, score_context,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -80,9 +81,19 @@ impl Chunked {
         }))
     }
 
-    pub fn absorb(&mut self, text: &str, finish: &Finish, tokens: usize) {
+    /// Appends a generated chunk. With `end_on_answer`, a chunk that states the final answer
+    /// ends the trajectory after that line (finish `answer`).
+    pub fn absorb(&mut self, text: &str, finish: &Finish, tokens: usize, end_on_answer: bool) {
         self.chunks += 1;
         self.tokens += tokens;
+        if end_on_answer && let Some(cut) = states_answer(text) {
+            self.reasoning.push_str(text[..cut].trim_end());
+            self.reasoning.push('\n');
+            self.reasoning.push_str(THINK_CLOSE);
+            self.done = true;
+            self.reason = "answer";
+            return;
+        }
         self.reasoning.push_str(text);
         match finish {
             Finish::Stop(_) => {
@@ -148,10 +159,60 @@ impl CurationSearch {
     }
 
     fn choose(&mut self) -> Need {
+        // With the filter, a trajectory with a degenerate step is rejected (counted under the
+        // first rule it breaks); if every one is, the problem fails.
+        let prompt_guided = self.s.step_unit == crate::config::StepUnit::PromptGuided;
+        let rejected: Vec<Option<Reject>> = self
+            .trajs
+            .iter()
+            .map(|t| {
+                if !self.s.filter.enabled {
+                    return None;
+                }
+                degenerate_steps(score_context(&t.reasoning), prompt_guided, &self.s.filter)
+                    .first()
+                    .map(|&(_, why)| why)
+            })
+            .collect();
+        for (t, why) in self.trajs.iter().zip(&rejected) {
+            if let Some(why) = why {
+                self.stats.reject(&self.s, t.teacher, *why);
+            }
+        }
         // Highest score; ties go to the earlier trajectory (teacher order, then sample).
-        let mut best = 0;
-        for i in 1..self.trajs.len() {
-            if score_of(&self.scores[i]) > score_of(&self.scores[best]) {
+        let Some(mut best) = rejected.iter().position(Option::is_none) else {
+            let mut reasons: Vec<String> = Vec::new();
+            for (t, why) in self.trajs.iter().zip(&rejected) {
+                let r = format!(
+                    "{}: {}",
+                    self.s.teacher_names[t.teacher],
+                    why.map_or("", Reject::as_str)
+                );
+                if !reasons.contains(&r) {
+                    reasons.push(r);
+                }
+            }
+            let reason = format!(
+                "every trajectory has a degenerate step ({})",
+                reasons.join(", ")
+            );
+            let tree = self
+                .s
+                .save_tree
+                .then(|| self.tree_entries(usize::MAX, &rejected));
+            let rec = failed_record(
+                &self.s,
+                &self.p,
+                reason,
+                std::mem::take(&mut self.stats),
+                tree,
+                self.started,
+            );
+            self.state = State::Over;
+            return Need::Done(Box::new(rec));
+        };
+        for (i, why) in rejected.iter().enumerate().skip(best + 1) {
+            if why.is_none() && score_of(&self.scores[i]) > score_of(&self.scores[best]) {
                 best = i;
             }
         }
@@ -162,7 +223,6 @@ impl CurationSearch {
             m: None,
             per_scorer: vec![],
         });
-        let n = self.s.curation_samples;
         let step = StepRecord {
             index: 1,
             text: t.reasoning.clone(),
@@ -177,28 +237,7 @@ impl CurationSearch {
             scorers: d.per_scorer.clone(),
             visits: None,
         };
-        let tree = self.s.save_tree.then(|| {
-            self.trajs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| TreeEntry {
-                    step: 1,
-                    id: i as u64 + 1,
-                    parent: None,
-                    parent_rank: None,
-                    teacher: self.s.teacher_names[t.teacher].clone(),
-                    text: t.reasoning.clone(),
-                    score: self.scores[i].as_ref().map(|d| d.score),
-                    kept: i == best,
-                    finished: true,
-                    note: Some(format!("sample {}", i % n)),
-                    scorers: self.scores[i]
-                        .as_ref()
-                        .map(|d| d.per_scorer.clone())
-                        .unwrap_or_default(),
-                })
-                .collect::<Vec<_>>()
-        });
+        let tree = self.s.save_tree.then(|| self.tree_entries(best, &rejected));
         let outcome = Outcome {
             steps: vec![step],
             reasoning: t.reasoning.clone(),
@@ -211,6 +250,35 @@ impl CurationSearch {
         self.tree = tree;
         self.state = State::Answering;
         Need::Answer(vec![req])
+    }
+}
+
+impl CurationSearch {
+    fn tree_entries(&self, best: usize, rejected: &[Option<Reject>]) -> Vec<TreeEntry> {
+        let n = self.s.curation_samples;
+        self.trajs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TreeEntry {
+                step: 1,
+                id: i as u64 + 1,
+                parent: None,
+                parent_rank: None,
+                teacher: self.s.teacher_names[t.teacher].clone(),
+                text: t.reasoning.clone(),
+                score: self.scores[i].as_ref().map(|d| d.score),
+                kept: i == best,
+                finished: true,
+                note: Some(match rejected[i] {
+                    Some(why) => format!("sample {}, rejected: {why}", i % n),
+                    None => format!("sample {}", i % n),
+                }),
+                scorers: self.scores[i]
+                    .as_ref()
+                    .map(|d| d.per_scorer.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 }
 
@@ -275,7 +343,7 @@ impl Search for CurationSearch {
                 let teachers: Vec<usize> = pending.iter().map(|&i| self.trajs[i].teacher).collect();
                 self.stats.proposals(&self.s, &teachers, &ps);
                 for (&i, p) in pending.iter().zip(&ps) {
-                    self.trajs[i].absorb(&p.text, &p.finish, p.tokens);
+                    self.trajs[i].absorb(&p.text, &p.finish, p.tokens, self.s.end_on_answer);
                 }
                 self.state = State::Generate;
                 Ok(())

@@ -46,7 +46,7 @@ pub struct Summary {
     pub dropped: usize,
     /// Records written to the rejected sink because their answer was wrong.
     #[serde(skip_serializing_if = "is_zero")]
-    pub rejected: usize,
+    pub rejected_records: usize,
     /// Attempts run in all (equal to `problems` without rejection sampling).
     #[serde(skip_serializing_if = "is_zero")]
     pub attempts: usize,
@@ -57,6 +57,14 @@ pub struct Summary {
     pub mean_score: f64,
     pub mean_steps: f64,
     pub forced_close: usize,
+    /// Trajectories whose reasoning ended by itself (`Record::natural_end`).
+    pub natural_ends: usize,
+    /// Problems without a trajectory: every beam's candidates were rejected (`Record::failed`).
+    pub failed: usize,
+    /// Candidate steps rejected (or dropped as empty), per teacher and reason.
+    pub rejected: BTreeMap<String, BTreeMap<String, u64>>,
+    pub beams_resampled: u64,
+    pub beams_dropped: u64,
     pub answer_truncated: usize,
     pub tokens_per_teacher: BTreeMap<String, u64>,
     pub tokens_scored: u64,
@@ -268,7 +276,7 @@ pub fn run_sinks(
             let write = !reject && (rec.correct || !settings.drop_incorrect);
             if reject && let Some(r) = rejected.as_deref_mut() {
                 r.write_record(&rec)?;
-                summary.rejected += 1;
+                summary.rejected_records += 1;
                 wrote_rejected = true;
             } else if write {
                 sink.write_record(&rec)?;
@@ -279,6 +287,16 @@ pub fn run_sinks(
             }
             summary.correct += usize::from(rec.correct);
             summary.forced_close += usize::from(rec.forced_close);
+            summary.natural_ends += usize::from(rec.natural_end);
+            summary.failed += usize::from(rec.failed.is_some());
+            for (t, reasons) in &rec.stats.rejected {
+                let into = summary.rejected.entry(t.clone()).or_default();
+                for (r, n) in reasons {
+                    *into.entry(r.clone()).or_default() += n;
+                }
+            }
+            summary.beams_resampled += rec.stats.beams_resampled;
+            summary.beams_dropped += rec.stats.beams_dropped;
             summary.answer_truncated += usize::from(rec.answer_truncated);
             score_sum += rec.score;
             steps_sum += rec.steps.len();

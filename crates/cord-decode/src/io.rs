@@ -281,6 +281,15 @@ pub struct RecordStats {
     pub tokens_scored: u64,
     pub score_requests: u64,
     pub propose_requests: u64,
+    /// Candidate steps rejected by the filter (or dropped as empty), per teacher and reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Beams whose every candidate was rejected and that were proposed for once more.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub beams_resampled: u64,
+    /// Beams dropped because every candidate was rejected again after that resample.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub beams_dropped: u64,
     /// Prompt tokens reused from prefix caches, as reported by the backend. It depends on what
     /// else was in flight, so like `seconds` it is left out with `record_timing = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +297,10 @@ pub struct RecordStats {
     /// Wall-clock seconds from start to finish (absent with `record_timing = false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One candidate in the search tree (`save_tree`).
@@ -340,6 +353,15 @@ pub struct Record {
     /// Predictive-perplexity score of the chosen trajectory.
     pub score: f64,
     pub forced_close: bool,
+    /// The reasoning ended by itself: its last step closed it (`</think>`), ended with the
+    /// teacher's EOS or stated the final answer; false when the search closed it (max steps,
+    /// think budget, no candidates).
+    #[serde(default)]
+    pub natural_end: bool,
+    /// Why no trajectory was written for this problem (every beam's candidates were rejected);
+    /// such a record has no steps and no `messages` and must not be trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     pub answer_truncated: bool,
     /// `"<think>\n" + reasoning + "\n</think>\n\n" + final_answer`.
     pub response: String,

@@ -6,6 +6,7 @@
 //! - [`answer`]: answer extraction and comparison.
 //! - [`backend`]: the engine boundary and its contract.
 //! - [`search`], [`cord`], [`curation`], [`mcts`]: the searches.
+//! - [`hygiene`]: junk candidate steps rejected before scoring.
 //! - [`driver`]: many problems in flight, one backend call per request kind per round.
 //! - [`scripted`]: a scripted backend for tests.
 
@@ -17,6 +18,7 @@ pub mod curation;
 pub mod driver;
 pub mod engine_backend;
 pub mod error;
+pub mod hygiene;
 pub mod io;
 pub mod mcts;
 pub mod scripted;

@@ -10,10 +10,11 @@ use std::time::Instant;
 use crate::backend::{Backend, ProposeRequest};
 use crate::curation::Chunked;
 use crate::error::{Error, Result};
+use crate::hygiene::Reject;
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
-    answer_request, build_record, closed, expect_len, finish_step,
+    answer_request, build_record, closed, expect_len,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -262,6 +263,17 @@ impl MctsSearch {
             }
             n = self.ucb_child(n);
         }
+    }
+
+    /// Step texts from the root down to node `n`.
+    fn path_texts(&self, mut n: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Some(p) = self.nodes[n].parent {
+            v.push(self.nodes[n].text.clone());
+            n = p;
+        }
+        v.reverse();
+        v
     }
 
     fn start_rollout(&mut self, leaf: usize) {
@@ -565,7 +577,20 @@ impl Search for MctsSearch {
                 self.stats.proposals(&self.s, &teachers, &ps);
                 let mut again = Vec::new();
                 for (&i, p) in pending.iter().zip(&ps) {
-                    let out = finish_step(p, slots[i].budget_limited);
+                    let mut out = self.s.step_outcome(p, slots[i].budget_limited);
+                    if let StepOutcome::Step { body, .. } = &out {
+                        let text = format!("{}{body}", slots[i].header);
+                        let earlier = self.path_texts(node);
+                        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
+                        if let Some(why) = self.s.reject(&text, &earlier) {
+                            // A rejected step is handled like an empty one: resampled once,
+                            // then left out of the node's children.
+                            self.stats.reject(&self.s, slots[i].teacher, why);
+                            out = StepOutcome::Blank;
+                        }
+                    } else {
+                        self.stats.reject(&self.s, slots[i].teacher, Reject::Empty);
+                    }
                     if out == StepOutcome::Blank && !resample && self.s.resample_empty {
                         again.push(i);
                     }
@@ -586,7 +611,12 @@ impl Search for MctsSearch {
             (State::RollingOut { leaf, mut run }, Reply::Proposals(ps)) => {
                 let ps = expect_len(ps, 1, "proposals")?;
                 self.stats.proposals(&self.s, &[run.teacher], &ps);
-                run.absorb(&ps[0].text, &ps[0].finish, ps[0].tokens);
+                run.absorb(
+                    &ps[0].text,
+                    &ps[0].finish,
+                    ps[0].tokens,
+                    self.s.end_on_answer,
+                );
                 self.state = if run.done {
                     State::Evaluate {
                         leaf,

@@ -11,6 +11,7 @@ use crate::backend::{
 };
 use crate::config::{Method, PoolConfig, ScorerKind, StepUnit};
 use crate::error::{Error, Result};
+use crate::hygiene::{FilterConfig, Reject, check_step, states_answer, step_body};
 use crate::io::{
     Message, Problem, Record, RecordConfig, RecordStats, ScorerValue, StepRecord, TreeEntry,
 };
@@ -108,6 +109,10 @@ pub struct Settings {
     pub exclude_proposer: bool,
     pub suffix: String,
     pub fingerprint: String,
+    /// Candidate hygiene.
+    pub filter: FilterConfig,
+    /// End a trajectory at a step that states the final answer.
+    pub end_on_answer: bool,
 }
 
 impl Settings {
@@ -152,6 +157,8 @@ impl Settings {
             exclude_proposer: pool.scorer.exclude_proposer,
             suffix: pool.scorer.suffix.clone(),
             fingerprint: pool.fingerprint(),
+            filter: pool.filter.clone(),
+            end_on_answer: s.end_on_answer,
         })
     }
 
@@ -292,6 +299,26 @@ impl Settings {
         Ok(self.think_budget.saturating_sub(used))
     }
 
+    /// [`finish_step`], then (with `end_on_answer`) a step that states the final answer ends
+    /// the reasoning: it is cut after that line and closed (finish `answer`).
+    pub fn step_outcome(&self, p: &Proposal, budget_limited: bool) -> StepOutcome {
+        let out = finish_step(p, budget_limited);
+        if self.end_on_answer {
+            end_at_answer(out)
+        } else {
+            out
+        }
+    }
+
+    /// The rule a candidate step breaks (`None` when it is fine or the filter is off).
+    /// `earlier` are the texts of the beam's earlier steps.
+    pub fn reject(&self, text: &str, earlier: &[&str]) -> Option<Reject> {
+        if !self.filter.enabled {
+            return None;
+        }
+        check_step(text, earlier, &self.filter)
+    }
+
     pub(crate) fn record_config(&self) -> RecordConfig {
         RecordConfig {
             beam: self.width,
@@ -416,6 +443,38 @@ pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
     }
 }
 
+/// A step that states the final answer ends the reasoning there (finish `answer`).
+pub fn end_at_answer(out: StepOutcome) -> StepOutcome {
+    match out {
+        StepOutcome::Step {
+            body,
+            done: false,
+            next_header,
+            reason,
+            forced,
+        } => match states_answer(&body) {
+            Some(cut) => StepOutcome::Step {
+                body: format!("{}\n{THINK_CLOSE}", body[..cut].trim_end()),
+                done: true,
+                forced: false,
+                reason: "answer",
+                next_header: String::new(),
+            },
+            None => StepOutcome::Step {
+                body,
+                done: false,
+                forced,
+                reason,
+                next_header,
+            },
+        },
+        other => other,
+    }
+}
+
+/// Finish reasons of a step that ended the reasoning by itself (not closed by the orchestrator).
+pub const NATURAL_ENDS: &[&str] = &["think", "eos", "answer"];
+
 /// Per-problem counters.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StatsAcc {
@@ -424,6 +483,12 @@ pub(crate) struct StatsAcc {
     pub score_requests: u64,
     pub propose_requests: u64,
     pub reused: u64,
+    /// Rejected candidates per teacher and reason.
+    pub rejected: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Beams whose every candidate was rejected and that were proposed for again.
+    pub beams_resampled: u64,
+    /// Beams dropped because their candidates were rejected again after the resample.
+    pub beams_dropped: u64,
 }
 
 impl StatsAcc {
@@ -433,6 +498,14 @@ impl StatsAcc {
             self.reused += p.reused_tokens as u64;
             self.propose_requests += 1;
         }
+    }
+    pub fn reject(&mut self, s: &Settings, teacher: usize, why: Reject) {
+        *self
+            .rejected
+            .entry(s.teacher_names[teacher].clone())
+            .or_default()
+            .entry(why.as_str().to_string())
+            .or_default() += 1;
     }
     pub fn scores(&mut self, ss: &[Score]) {
         for s in ss {
@@ -493,6 +566,10 @@ pub(crate) fn build_record(
         .to_string();
     let body = score_context(&o.reasoning);
     let response = format!("<think>\n{body}\n{THINK_CLOSE}\n\n{final_answer}");
+    let natural_end = o
+        .steps
+        .last()
+        .is_some_and(|st| NATURAL_ENDS.contains(&st.finish.as_str()));
     let predicted = extract_answer(&final_answer);
     let verdict = predicted.as_deref().map(|x| verify(&p.answer, x));
     let correct = verdict.as_ref().is_some_and(|v| v.equal);
@@ -511,6 +588,8 @@ pub(crate) fn build_record(
         attempts: Vec::new(),
         score: o.score,
         forced_close: o.forced,
+        natural_end,
+        failed: None,
         answer_truncated: answer.finish == Finish::Length,
         messages: vec![
             Message {
@@ -524,16 +603,63 @@ pub(crate) fn build_record(
         ],
         response,
         config: s.record_config(),
-        stats: RecordStats {
-            tokens_generated: stats.tokens,
-            tokens_scored: stats.scored,
-            score_requests: stats.score_requests,
-            propose_requests: stats.propose_requests,
-            prefix_tokens_reused: s.record_timing.then_some(stats.reused),
-            seconds: s.record_timing.then(|| started.elapsed().as_secs_f64()),
-        },
+        stats: record_stats(s, stats, started),
         tree,
     }
+}
+
+fn record_stats(s: &Settings, stats: StatsAcc, started: Instant) -> RecordStats {
+    RecordStats {
+        tokens_generated: stats.tokens,
+        tokens_scored: stats.scored,
+        score_requests: stats.score_requests,
+        propose_requests: stats.propose_requests,
+        rejected: stats.rejected,
+        beams_resampled: stats.beams_resampled,
+        beams_dropped: stats.beams_dropped,
+        prefix_tokens_reused: s.record_timing.then_some(stats.reused),
+        seconds: s.record_timing.then(|| started.elapsed().as_secs_f64()),
+    }
+}
+
+/// The record of a problem for which no usable trajectory was found (every beam was dropped):
+/// no steps, no answer, no `messages`, and `failed` says why. It is never training data.
+pub(crate) fn failed_record(
+    s: &Settings,
+    p: &Problem,
+    reason: String,
+    stats: StatsAcc,
+    tree: Option<Vec<TreeEntry>>,
+    started: Instant,
+) -> Record {
+    Record {
+        id: p.id.clone(),
+        question: p.question.clone(),
+        answer: p.answer.clone(),
+        method: s.method,
+        steps: Vec::new(),
+        final_answer: String::new(),
+        answer_teacher: String::new(),
+        predicted: None,
+        predicted_normalized: None,
+        correct: false,
+        attempts: Vec::new(),
+        score: 0.0,
+        forced_close: false,
+        natural_end: false,
+        failed: Some(reason),
+        answer_truncated: false,
+        response: String::new(),
+        messages: Vec::new(),
+        config: s.record_config(),
+        stats: record_stats(s, stats, started),
+        tree,
+    }
+}
+
+/// The bodies of a beam's steps, for the repeated-step rule.
+pub(crate) fn step_texts(steps: &[StepRecord]) -> Vec<&str> {
+    steps.iter().map(|st| step_body(&st.text)).collect()
 }
 
 #[cfg(test)]

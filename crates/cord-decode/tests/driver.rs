@@ -380,7 +380,7 @@ fn rejection_sampling_retries_wrong_answers_with_the_next_seed() {
     // With a rejected sink: right answers to the output, wrong ones to the rejected sink.
     let (s2, kept, rej) = run_with(4, true);
     assert!(kept.iter().all(|r| r.correct) && rej.iter().all(|r| !r.correct));
-    assert_eq!(s2.rejected, rej.len());
+    assert_eq!(s2.rejected_records, rej.len());
     assert_eq!(s2.written, kept.len());
     let mut ids: Vec<&str> = kept.iter().chain(&rej).map(|r| r.id.as_str()).collect();
     ids.sort();

@@ -365,7 +365,8 @@ fn empty_step_is_resampled_once_then_dropped() {
 
 #[test]
 fn every_candidate_empty_force_closes_the_live_beams() {
-    let pool = pool(1, "beam_width = 1");
+    // The paper's raw behaviour (`--no-filter`); with the filter the problem fails (hygiene.rs).
+    let pool = pool(1, "beam_width = 1\n[filter]\nenabled = false");
     let mut b = backend(1);
     b.propose(0, H1, " s1", step());
     b.propose(0, "### Step 1. s1\n\n### Step 2.", " ", Finish::Eos);
@@ -380,7 +381,11 @@ fn every_candidate_empty_force_closes_the_live_beams() {
 
 #[test]
 fn max_steps_cap_force_closes() {
-    let pool = pool(1, "beam_width = 1\nmax_steps = 2");
+    // Every step is the same word: the repeated-step rule is off here.
+    let pool = pool(
+        1,
+        "beam_width = 1\nmax_steps = 2\n[filter]\nreject_repeated_step = false",
+    );
     let mut b = backend(1)
         .with_propose_fn(|_| Some(Proposal::new(" more", Finish::Stop("### Step".into()), 1)))
         .with_score_fn(|_| Some(0.5))
@@ -398,7 +403,11 @@ fn max_steps_cap_force_closes() {
 
 #[test]
 fn greedy_is_beam_width_one() {
-    let pool = pool(3, "method = \"greedy\"\nbeam_width = 4");
+    // Teachers repeat their one word at every step: the repeated-step rule is off here.
+    let pool = pool(
+        3,
+        "method = \"greedy\"\nbeam_width = 4\n[filter]\nreject_repeated_step = false",
+    );
     let mut b = backend(3)
         .with_propose_fn(|r| {
             let depth = r.reasoning.matches("### Step").count();
@@ -542,7 +551,11 @@ fn curation_keeps_the_best_whole_trajectory() {
 
 #[test]
 fn mcts_runs_and_commits_to_the_most_visited_child() {
-    let pool = pool(2, "method = \"mcts\"");
+    // Teachers repeat their one word at every step: the repeated-step rule is off here.
+    let pool = pool(
+        2,
+        "method = \"mcts\"\n[filter]\nreject_repeated_step = false",
+    );
     let mut b = backend(2)
         .with_propose_fn(|r| {
             if r.stop.len() == 1 {

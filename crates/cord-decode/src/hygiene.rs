@@ -1,0 +1,514 @@
+//! Candidate hygiene: junk steps (empty, looping, repeating an earlier step, mostly non-text)
+//! are rejected before they are scored, so that they never compete with real steps.
+//!
+//! The rules look at the text only. Thresholds come from `[filter]` in the pool file; the
+//! same rules count the degenerate steps left in written traces (`cord eval`).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::search::THINK_CLOSE;
+
+/// `[filter]`: which candidate steps are rejected before scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Reject junk candidates (`cord synth --no-filter` turns this off: the paper's raw
+    /// behaviour, where every non-empty candidate is scored).
+    pub enabled: bool,
+    /// A non-blank line (whitespace normalised) that occurs this many times rejects the step.
+    pub max_line_repeats: usize,
+    /// A line template (every run of digits read as one number) that occurs this many times
+    /// and makes up at least half of the step's lines rejects the step: numbered copies such
+    /// as `#### 1. Solve for X`, `#### 2. Solve for X`, ... (0 = off).
+    pub max_template_repeats: usize,
+    /// A step whose last `loop_tail` share of words is one n-gram repeated (at least
+    /// `loop_min_repeats` times in a row) is a loop.
+    pub loop_tail: f64,
+    /// Longest n-gram (in words) the loop rule looks for.
+    pub loop_max_ngram: usize,
+    /// Copies of the n-gram in a row that make a loop.
+    pub loop_min_repeats: usize,
+    /// Reject a step equal (whitespace normalised) to an earlier step of the same beam.
+    pub reject_repeated_step: bool,
+    /// With `reject_repeated_step`: also a step of at least 8 words whose set of words
+    /// overlaps an earlier step's this much (Jaccard; 1 = exact repeats only).
+    pub near_repeat: f64,
+    /// Letters and digits must be at least this share of the non-whitespace characters
+    /// (U+FFFD replacement characters and markup such as `#`, `*`, `|` do not count).
+    pub min_text_ratio: f64,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            enabled: true,
+            max_line_repeats: 3,
+            max_template_repeats: 4,
+            loop_tail: 0.4,
+            loop_max_ngram: 8,
+            loop_min_repeats: 3,
+            reject_repeated_step: true,
+            near_repeat: 0.9,
+            min_text_ratio: 0.3,
+        }
+    }
+}
+
+impl FilterConfig {
+    /// Checks the thresholds; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_template_repeats == 1 {
+            return Err(Error::config(
+                "filter.max_template_repeats",
+                "must be 0 (off) or at least 2",
+            ));
+        }
+        if self.max_line_repeats < 2 {
+            return Err(Error::config(
+                "filter.max_line_repeats",
+                "must be at least 2 (a line occurring once is no repeat)",
+            ));
+        }
+        if !(self.loop_tail > 0.0 && self.loop_tail <= 1.0) {
+            return Err(Error::config("filter.loop_tail", "must be in (0, 1]"));
+        }
+        if self.loop_max_ngram == 0 {
+            return Err(Error::config("filter.loop_max_ngram", "must be at least 1"));
+        }
+        if self.loop_min_repeats < 2 {
+            return Err(Error::config(
+                "filter.loop_min_repeats",
+                "must be at least 2",
+            ));
+        }
+        if !(self.near_repeat > 0.0 && self.near_repeat <= 1.0) {
+            return Err(Error::config("filter.near_repeat", "must be in (0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.min_text_ratio) {
+            return Err(Error::config("filter.min_text_ratio", "must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a candidate step was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reject {
+    /// Nothing after the header.
+    Empty,
+    /// One line occurs `max_line_repeats` times or more.
+    RepeatedLine,
+    /// The tail of the step is one n-gram repeated.
+    Loop,
+    /// The same text as an earlier step of the beam.
+    RepeatsEarlierStep,
+    /// Mostly replacement characters or markup.
+    NonText,
+}
+
+impl Reject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Empty => "empty",
+            Reject::RepeatedLine => "repeated-line",
+            Reject::Loop => "loop",
+            Reject::RepeatsEarlierStep => "repeats-earlier-step",
+            Reject::NonText => "non-text",
+        }
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whitespace runs collapsed to one space, ends trimmed.
+pub fn normalize_ws(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The body of a step: a leading `### Step N.` header and a trailing `</think>` removed.
+pub fn step_body(text: &str) -> &str {
+    let mut t = text.trim();
+    if let Some(rest) = t.strip_prefix("### Step") {
+        let rest = rest.trim_start();
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            let rest = &rest[digits..];
+            t = rest.strip_prefix('.').unwrap_or(rest);
+        }
+    }
+    let t = t.trim();
+    t.strip_suffix(THINK_CLOSE).unwrap_or(t).trim()
+}
+
+/// The first rule a step body breaks, if any. `earlier` are the bodies of the beam's earlier
+/// steps (as [`step_body`] gives them). `cfg.enabled` is not consulted: callers decide.
+pub fn check_step(body: &str, earlier: &[&str], cfg: &FilterConfig) -> Option<Reject> {
+    let body = step_body(body);
+    if body.is_empty() {
+        return Some(Reject::Empty);
+    }
+    if !enough_text(body, cfg.min_text_ratio) {
+        return Some(Reject::NonText);
+    }
+    if repeated_line(body, cfg.max_line_repeats) {
+        return Some(Reject::RepeatedLine);
+    }
+    if repeated_template(body, cfg.max_template_repeats) {
+        return Some(Reject::RepeatedLine);
+    }
+    if looping_tail(body, cfg) {
+        return Some(Reject::Loop);
+    }
+    if cfg.reject_repeated_step {
+        let norm = normalize_ws(body);
+        if earlier.iter().any(|e| normalize_ws(step_body(e)) == norm) {
+            return Some(Reject::RepeatsEarlierStep);
+        }
+        if cfg.near_repeat < 1.0 {
+            let words = word_set(body);
+            if body.split_whitespace().count() >= 8
+                && earlier
+                    .iter()
+                    .any(|e| jaccard(&words, &word_set(step_body(e))) >= cfg.near_repeat)
+            {
+                return Some(Reject::RepeatsEarlierStep);
+            }
+        }
+    }
+    None
+}
+
+/// Lower-cased words with punctuation trimmed (numbers kept: steps that differ in their
+/// numbers are different calculations).
+fn word_set(body: &str) -> std::collections::HashSet<String> {
+    body.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+fn jaccard(a: &std::collections::HashSet<String>, b: &std::collections::HashSet<String>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 {
+        return 0.0;
+    }
+    a.intersection(b).count() as f64 / union as f64
+}
+
+fn enough_text(body: &str, min_ratio: f64) -> bool {
+    let (mut all, mut text) = (0usize, 0usize);
+    for c in body.chars().filter(|c| !c.is_whitespace()) {
+        all += 1;
+        if c.is_alphanumeric() {
+            text += 1;
+        }
+    }
+    all > 0 && text as f64 >= min_ratio * all as f64
+}
+
+fn repeated_line(body: &str, max: usize) -> bool {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in body.lines() {
+        let l = normalize_ws(line);
+        if l.is_empty() {
+            continue;
+        }
+        let n = counts.entry(l).or_default();
+        *n += 1;
+        if *n >= max {
+            return true;
+        }
+    }
+    false
+}
+
+/// Lines with every digit run replaced by `0`: the most frequent one occurs `max` times or
+/// more and is at least half of the non-blank lines.
+fn repeated_template(body: &str, max: usize) -> bool {
+    if max == 0 {
+        return false;
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut lines = 0usize;
+    for line in body.lines() {
+        let l = normalize_ws(line);
+        if l.is_empty() {
+            continue;
+        }
+        lines += 1;
+        let mut t = String::with_capacity(l.len());
+        let mut in_digits = false;
+        for c in l.chars() {
+            if c.is_ascii_digit() {
+                if !in_digits {
+                    t.push('0');
+                }
+                in_digits = true;
+            } else {
+                t.push(c);
+                in_digits = false;
+            }
+        }
+        *counts.entry(t).or_default() += 1;
+    }
+    counts.values().any(|&n| n >= max && 2 * n >= lines)
+}
+
+/// The longest suffix of `words` that is one n-gram (n ≤ max) repeated at least `min_repeats`
+/// times covers at least `tail` of the words.
+fn looping_tail(body: &str, cfg: &FilterConfig) -> bool {
+    let words: Vec<&str> = body.split_whitespace().collect();
+    let len = words.len();
+    for n in 1..=cfg.loop_max_ngram.min(len / 2) {
+        // Extend the periodic suffix backwards: words[i] == words[i + n].
+        let mut start = len - n;
+        while start > 0 && words[start - 1] == words[start - 1 + n] {
+            start -= 1;
+        }
+        let run = len - start;
+        if run >= n * cfg.loop_min_repeats && run as f64 >= cfg.loop_tail * len as f64 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Splits the reasoning of a written trace into step texts: at `### Step` headers for the
+/// prompt-guided unit, at blank lines otherwise. Text before the first header is a step too.
+pub fn split_steps(reasoning: &str, prompt_guided: bool) -> Vec<String> {
+    let mut steps: Vec<String> = Vec::new();
+    if prompt_guided {
+        let mut cur = String::new();
+        for line in reasoning.split_inclusive('\n') {
+            if line.trim_start().starts_with("### Step") && !cur.trim().is_empty() {
+                steps.push(std::mem::take(&mut cur));
+            }
+            cur.push_str(line);
+        }
+        if !cur.trim().is_empty() {
+            steps.push(cur);
+        }
+    } else {
+        steps = reasoning
+            .split("\n\n")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    steps
+}
+
+/// The degenerate steps of a written reasoning text: (0-based step, reason) for every step
+/// that breaks a rule.
+pub fn degenerate_steps(
+    reasoning: &str,
+    prompt_guided: bool,
+    cfg: &FilterConfig,
+) -> Vec<(usize, Reject)> {
+    let steps = split_steps(reasoning, prompt_guided);
+    let mut out = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let earlier: Vec<&str> = steps[..i].iter().map(String::as_str).collect();
+        if let Some(r) = check_step(s, &earlier, cfg) {
+            out.push((i, r));
+        }
+    }
+    out
+}
+
+/// Whether a step states the final answer: "the final answer is" (any case) or a `\boxed{`.
+/// Returns the byte offset just after the line that states it.
+pub fn states_answer(body: &str) -> Option<usize> {
+    let lower = body.to_ascii_lowercase();
+    let at = ["final answer is", "\\boxed{"]
+        .iter()
+        .filter_map(|pat| lower.find(pat))
+        .min()?;
+    Some(body[at..].find('\n').map_or(body.len(), |e| at + e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str) -> Option<Reject> {
+        check_step(body, &[], &FilterConfig::default())
+    }
+
+    #[test]
+    fn empty_after_header() {
+        assert_eq!(check("### Step 3.   \n"), Some(Reject::Empty));
+        assert_eq!(check("### Step 3.\n</think>"), Some(Reject::Empty));
+        assert_eq!(check("### Step 3. 2 + 2 = 4"), None);
+    }
+
+    #[test]
+    fn markup_and_replacement_characters_are_non_text() {
+        let hashes = format!("### Step 4.\n{}", "####\n".repeat(23));
+        assert_eq!(check(&hashes), Some(Reject::NonText));
+        assert_eq!(
+            check("### Step 2. \u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD} a"),
+            Some(Reject::NonText)
+        );
+        assert_eq!(check("| --- | --- |\n| * | * |"), Some(Reject::NonText));
+        // Formulas are text: digits and letters dominate.
+        assert_eq!(check("$16 \\times 2 = 32$, so Tom has 32 apples."), None);
+        assert_eq!(check("(3 + 4) * 6 = 42"), None);
+    }
+
+    #[test]
+    fn a_line_three_times_is_rejected_twice_is_not() {
+        assert_eq!(
+            check("x = 2\ny = 3\nx = 2\nx   = 2"),
+            Some(Reject::RepeatedLine)
+        );
+        assert_eq!(check("x = 2\ny = 3\nx = 2\n"), None);
+        let cfg = FilterConfig {
+            max_line_repeats: 2,
+            ..FilterConfig::default()
+        };
+        assert_eq!(
+            check_step("x = 2\ny = 3\nx = 2", &[], &cfg),
+            Some(Reject::RepeatedLine)
+        );
+    }
+
+    #[test]
+    fn numbered_copies_of_a_line_are_rejected() {
+        // From a real demo-pool trace (SmolLM2-135M, GSM8K).
+        let t = "### Step 1. Solve the equation for X:\n#### 1. Solve equation for X\n#### 2. Solve equation for X\n#### 3. Solve equation for X\n#### 4. Solve equation for X\n#### 5. Add equation for X";
+        assert_eq!(check(t), Some(Reject::RepeatedLine));
+        // Three calculations of one form are a step, not junk; so are four among many lines.
+        assert_eq!(check("2 * 5 = 10\n3 * 5 = 15\n4 * 5 = 20"), None);
+        let mixed = "Day 1: 5 apples\nDay 2: 7 apples\nDay 3: 9 apples\nDay 4: 11 apples\nIn all 5 + 7 + 9 + 11 = 32.\nHe eats 2 a day.\nSo 32 / 2 = 16 days.\nHe buys 3 more.\nThat makes 19.";
+        assert_eq!(check(mixed), None);
+        let off = FilterConfig {
+            max_template_repeats: 0,
+            ..FilterConfig::default()
+        };
+        assert_eq!(check_step(t, &[], &off), None);
+    }
+
+    #[test]
+    fn looping_tail_is_rejected() {
+        // The gsm8k-269 trace: "16 = 16 x 2 / 16 = 8 x 2 / 8 = 8 / 2 / 8 = 4 / 4 = 1" is
+        // arithmetic nonsense but no loop; a real loop repeats the same words.
+        assert_eq!(
+            check(
+                "We know that 8 / 2 = 4 and 4 / 2 = 2 and 2 / 2 = 2 / 2 = 2 / 2 = 2 / 2 = 2 / 2 = 2"
+            ),
+            Some(Reject::Loop)
+        );
+        assert_eq!(check("so so so so so so so so so so"), Some(Reject::Loop));
+        // Two copies are not a loop; a loop in a short part of a long step is not either.
+        assert_eq!(check("He pays 5 + 5 = 10 dollars."), None);
+        let long = format!(
+            "{} ha ha ha",
+            "Each box holds 12 eggs, and there are 4 boxes, so 48 eggs in all. ".repeat(2)
+        );
+        assert_eq!(check(&long), None);
+        assert_eq!(check("1 + 1 + 1 + 1 = 4"), None);
+    }
+
+    #[test]
+    fn repeating_an_earlier_step_is_rejected() {
+        let earlier = [
+            "### Step 1. Tom has 3 apples.\n\n",
+            "### Step 2. He buys 4 more.\n\n",
+        ];
+        let cfg = FilterConfig::default();
+        assert_eq!(
+            check_step("### Step 3.  He buys 4\nmore. ", &earlier, &cfg),
+            Some(Reject::RepeatsEarlierStep)
+        );
+        assert_eq!(
+            check_step("### Step 3. Now he has 7.", &earlier, &cfg),
+            None
+        );
+        let off = FilterConfig {
+            reject_repeated_step: false,
+            ..cfg
+        };
+        assert_eq!(
+            check_step("### Step 3. He buys 4 more.", &earlier, &off),
+            None
+        );
+    }
+
+    #[test]
+    fn a_near_copy_of_an_earlier_step_is_rejected() {
+        // From a real demo-pool trace (gsm8k-473): step 2 copies step 1 up to a colon and the
+        // last numbered line.
+        let s1 = "### Step 1. Solve the equation for X:\n#### 1. Solve equation for X\n#### 2. Solve equation for X\n#### 3. Add equation for X\n\n";
+        let s2 = "### Step 2. Solve the equation for X\n#### 1. Solve equation for X\n#### 2. Add equation for X\n#### 3. Add equation for X";
+        let cfg = FilterConfig::default();
+        assert_eq!(
+            check_step(s2, &[s1], &cfg),
+            Some(Reject::RepeatsEarlierStep)
+        );
+        // A step that reuses the numbers and some words of an earlier one is not a copy, nor
+        // is the same sentence with other numbers (another calculation; real trace, gsm8k-1264).
+        let c = "### Step 2. 3 times that amount in the next 30 seconds.\n\\[ 3 \\times 20 = 60 \\text{ pop} \\]\n\n";
+        let d = "### Step 3. 4 times that amount in the next 30 seconds.\n\\[ 4 \\times 30 = 120 \\text{ pop} \\]";
+        assert_eq!(check_step(d, &[c], &cfg), None);
+        let a = "### Step 1. Each box holds 12 eggs and there are 4 boxes.\n\n";
+        let b = "### Step 2. So the 4 boxes hold 12 * 4 = 48 eggs in all.";
+        assert_eq!(check_step(b, &[a], &cfg), None);
+        let exact_only = FilterConfig {
+            near_repeat: 1.0,
+            ..cfg
+        };
+        assert_eq!(check_step(s2, &[s1], &exact_only), None);
+    }
+
+    #[test]
+    fn bad_thresholds_name_their_key() {
+        let e = FilterConfig {
+            loop_tail: 0.0,
+            ..FilterConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("filter.loop_tail"), "{e}");
+        let e = FilterConfig {
+            max_line_repeats: 1,
+            ..FilterConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("filter.max_line_repeats"), "{e}");
+    }
+
+    #[test]
+    fn written_traces_are_split_and_checked() {
+        let r = "### Step 1. a = 2\n\n### Step 2. b = 3\n\n### Step 3. b = 3\n\n### Step 4.\n####\n####\n";
+        assert_eq!(split_steps(r, true).len(), 4);
+        assert_eq!(
+            degenerate_steps(r, true, &FilterConfig::default()),
+            vec![(2, Reject::RepeatsEarlierStep), (3, Reject::NonText)]
+        );
+        assert_eq!(split_steps("a\n\nb\n\n\n\nc", false), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn answer_statements_are_found() {
+        let b = " 3 + 4 = 7.\nThe final answer is 7.\nMore text";
+        assert_eq!(
+            &b[..states_answer(b).unwrap()],
+            " 3 + 4 = 7.\nThe final answer is 7."
+        );
+        assert_eq!(states_answer("so \\boxed{7}"), Some(12));
+        assert_eq!(states_answer("3 + 4 = 7"), None);
+    }
+}
