@@ -534,4 +534,59 @@ mod tests {
         assert!(bad.is_empty(), "{bad:#?}");
         Ok(())
     }
+
+    /// Times one Qwen2.5-0.5B layer's attention (14/2 heads of 64, f32, blocks of 16) through
+    /// the paged op and the gather path at batch-1 / batch-16 decode and 128 / 512-token
+    /// prefill: `cargo test -p cord-kv --lib attention_timings -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn attention_timings() -> Result<()> {
+        let dev = Device::Cpu;
+        let (p, bs) = (params(14, 2, 64), 16);
+        for (label, n_seqs, q_len, ctx) in [
+            ("decode b1 ctx 512", 1usize, 1usize, 512usize),
+            ("decode b16 ctx 512", 16, 1, 512),
+            ("prefill 128", 1, 128, 128),
+            ("prefill 512", 1, 512, 512),
+        ] {
+            let per = ctx / bs;
+            let nb = n_seqs * per;
+            let seqs: Vec<(usize, usize, Vec<u32>)> = (0..n_seqs)
+                .map(|i| {
+                    (
+                        q_len,
+                        ctx,
+                        (0..per).map(|b| (b * n_seqs + i) as u32).collect(),
+                    )
+                })
+                .collect();
+            let t = n_seqs * q_len;
+            let q = Tensor::randn(0f32, 1.0, (t, 14, 64), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (nb, bs, 2, 64), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (nb, bs, 2, 64), &dev)?;
+            let plan_seqs: Vec<PlanSeq> = seqs
+                .iter()
+                .map(|(q_len, ctx, b)| PlanSeq {
+                    q_len: *q_len,
+                    ctx_len: *ctx,
+                    blocks: b,
+                })
+                .collect();
+            let plan = AttentionPlan::new(&plan_seqs, bs, &dev)?;
+            for round in 0..3 {
+                let ours =
+                    time_per_call(&dev, || paged_attention(&q, &k, &v, &plan, &p).map(drop))?;
+                let base = time_per_call(&dev, || {
+                    gather_attention(&q, &k, &v, &seqs, &p, bs).map(drop)
+                })?;
+                println!(
+                    "{label:>20} round {round}: paged {:9.1} us  gather {:9.1} us  gather/paged {:.2}",
+                    ours * 1e6,
+                    base * 1e6,
+                    base / ours
+                );
+            }
+        }
+        Ok(())
+    }
 }

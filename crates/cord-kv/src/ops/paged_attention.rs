@@ -118,8 +118,9 @@ impl AttentionPlan {
 /// head_dim]`, the new tokens' K/V already written). Returns `[T, num_heads, head_dim]` in q's
 /// dtype; scores, softmax and the weighted sum are computed in f32.
 ///
-/// CPU: the reference implementation (parallel over tokens). CUDA:
-/// `kernels/paged_attention.cu` (head_dim <= 256).
+/// CPU: a loop in which every query row is computed on its own in a fixed order (its output
+/// is the same bits whatever else is in the call), parallel over (sequence, KV head, query
+/// rows). CUDA: `kernels/paged_attention.cu` (head_dim <= 256).
 pub fn paged_attention(
     q: &Tensor,
     k: &Tensor,
@@ -182,68 +183,342 @@ struct PagedAttention {
     p: AttentionParams,
 }
 
-/// The reference: per token (in parallel) and head, two passes over the visible keys (scores
-/// and their max, then exp, sum and the weighted sum of V), f32 throughout.
-fn attend_cpu<T: Copy + Sync>(
+/// Element types the CPU loop reads, widened to f32.
+trait Elem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// The slice itself when it already is f32 (no copy needed).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+}
+
+impl Elem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+}
+
+impl Elem for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+}
+
+impl Elem for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// `src` as f32: itself for f32, else widened into `buf`.
+#[inline(always)]
+fn widen<'a, T: Elem>(src: &'a [T], buf: &'a mut [f32]) -> &'a [f32] {
+    match T::as_f32(src) {
+        Some(s) => s,
+        None => {
+            for (d, &s) in buf.iter_mut().zip(src) {
+                *d = s.to_f32();
+            }
+            &buf[..src.len()]
+        }
+    }
+}
+
+/// Accumulator lanes of [`dot`].
+const LANES: usize = 16;
+
+/// `a . b` in one fixed order: lane `l` sums the products of elements `l, l + 16, ...` (the
+/// compiler keeps the lanes in vector registers), the lanes are added in a fixed tree, then the
+/// tail past the last multiple of 16 (summed in order) is added.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let full = n / LANES * LANES;
+    let mut acc = [0f32; LANES];
+    for (ca, cb) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut tail = 0f32;
+    for (x, y) in a[full..].iter().zip(&b[full..]) {
+        tail += x * y;
+    }
+    acc[0] + tail
+}
+
+/// One unit of work: query rows `r0..r1` (plan order) of sequence `s`, all query heads of KV
+/// head `kvh`.
+#[derive(Clone, Copy)]
+struct Item {
+    s: usize,
+    kvh: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Scores kept per work item (f32s): bounds how many query rows share one walk over the keys.
+const SCORE_BUDGET: usize = 1 << 16;
+/// At most this many query rows per work item.
+const MAX_ROWS: usize = 16;
+
+/// Per-thread scratch of the CPU loop.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    kv: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+/// Output pointer shared by the work items; each writes its own disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the items write disjoint ranges of the buffer (see `attend_cpu`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// The CPU implementation. Every query row (token, head) is computed on its own, in one fixed
+/// order that depends only on its query, its sequence's K/V and its position: scores `q . k`
+/// per visible key (see [`dot`]), scaled and soft-capped, their max, `exp(score - max)` summed
+/// in key order, the weighted sum of V rows in key order, divided by the sum; f32 throughout.
+/// So a row's output is bit-identical whatever else is in the call and however the work is
+/// split. The work is split into items of (sequence, KV head, a few query rows) that walk the
+/// keys block by block once for all the query heads of that KV head (GQA) and all their rows.
+fn attend_cpu<T: Elem>(
     q: &[T],
     k: &[T],
     v: &[T],
     plan: &AttentionPlan,
     p: &AttentionParams,
-    f: impl Fn(T) -> f32 + Sync,
 ) -> Vec<f32> {
+    let (nh, nkv) = (p.num_heads, p.num_kv_heads);
+    let groups = nh / nkv;
+    let buf = &plan.host;
+    let meta = &buf[plan.n_tokens..plan.n_tokens + 3 * plan.n_seqs];
+    let mut items = vec![];
+    for s in 0..plan.n_seqs {
+        let (q_start, q_len, ctx) = (
+            meta[3 * s] as usize,
+            meta[3 * s + 1] as usize,
+            meta[3 * s + 2] as usize,
+        );
+        let keys = p.window.map_or(ctx, |w| w.min(ctx)).max(1);
+        let rows = (SCORE_BUDGET / (groups * keys)).clamp(1, MAX_ROWS);
+        for kvh in 0..nkv {
+            let mut r0 = q_start;
+            while r0 < q_start + q_len {
+                let r1 = (r0 + rows).min(q_start + q_len);
+                items.push(Item { s, kvh, r0, r1 });
+                r0 = r1;
+            }
+        }
+    }
+    let mut out = vec![0f32; plan.n_tokens * nh * p.head_dim];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |scratch: &mut Scratch, it: &Item| {
+        let o = attend_item(q, k, v, plan, p, *it, scratch);
+        let width = groups * p.head_dim;
+        for (r, rows) in (it.r0..it.r1).zip(o.chunks_exact(width)) {
+            let at = (r * nh + it.kvh * groups) * p.head_dim;
+            // SAFETY: `at..at + width` lies in `out` (r < n_tokens, kvh < nkv), and it is the
+            // output of row r's query heads of KV head kvh: no other item writes it.
+            let dst = unsafe { std::slice::from_raw_parts_mut({ ptr }.0.add(at), width) };
+            dst.copy_from_slice(rows);
+        }
+    };
+    items
+        .par_iter()
+        .with_max_len(1)
+        .for_each_init(Scratch::default, run);
+    out
+}
+
+/// [`attend_item_impl`] compiled for AVX2 where the CPU has it: the same operations in the same
+/// order (no FMA contraction), so the results are the same bits, only wider registers.
+fn attend_item<'s, T: Elem>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    plan: &AttentionPlan,
+    p: &AttentionParams,
+    it: Item,
+    scratch: &'s mut Scratch,
+) -> &'s [f32] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2<'s, T: Elem>(
+            q: &[T],
+            k: &[T],
+            v: &[T],
+            plan: &AttentionPlan,
+            p: &AttentionParams,
+            it: Item,
+            scratch: &'s mut Scratch,
+        ) -> &'s [f32] {
+            attend_item_impl(q, k, v, plan, p, it, scratch)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(q, k, v, plan, p, it, scratch) };
+        }
+    }
+    attend_item_impl(q, k, v, plan, p, it, scratch)
+}
+
+/// Keys `lo..=hi` of a sequence, block by block: `f(key, cache slot)` in key order.
+#[inline(always)]
+fn for_keys(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) {
+    let mut j = lo;
+    while j <= hi {
+        let b = j / bs;
+        let end = (b * bs + bs - 1).min(hi);
+        let base = table[b] as usize * bs;
+        for jj in j..=end {
+            f(jj, base + (jj - b * bs));
+        }
+        j = end + 1;
+    }
+}
+
+/// One work item: returns the outputs of its rows, `[r1 - r0][groups][head_dim]`.
+#[inline(always)]
+fn attend_item_impl<'s, T: Elem>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    plan: &AttentionPlan,
+    p: &AttentionParams,
+    it: Item,
+    scratch: &'s mut Scratch,
+) -> &'s [f32] {
     let (nh, nkv, hd, bs) = (p.num_heads, p.num_kv_heads, p.head_dim, plan.block_size);
     let groups = nh / nkv;
     let buf = &plan.host;
     let (meta, tables) = buf[plan.n_tokens..].split_at(3 * plan.n_seqs);
-    let mut out = vec![0f32; plan.n_tokens * nh * hd];
-    out.par_chunks_mut(nh * hd)
-        .enumerate()
-        .for_each(|(t, row_out)| {
-            let s = buf[t] as usize;
-            let (q_start, q_len, ctx) = (
-                meta[3 * s] as usize,
-                meta[3 * s + 1] as usize,
-                meta[3 * s + 2] as usize,
-            );
-            let pos = ctx - q_len + (t - q_start);
-            let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let table = &tables[s * plan.max_blocks..(s + 1) * plan.max_blocks];
-            let mut scores = vec![0f32; pos + 1 - lo];
-            for h in 0..nh {
-                let kvh = h / groups;
-                let qrow = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                let key = |j: usize| {
-                    let slot = table[j / bs] as usize * bs + j % bs;
-                    (slot * nkv + kvh) * hd
-                };
-                let mut mx = f32::NEG_INFINITY;
-                for (j, sc) in (lo..=pos).zip(scores.iter_mut()) {
-                    let kr = &k[key(j)..key(j) + hd];
-                    let dot: f32 = qrow.iter().zip(kr).map(|(&a, &b)| f(a) * f(b)).sum();
-                    let mut x = dot * p.scale;
-                    if let Some(c) = p.softcap {
-                        x = (x / c).tanh() * c;
-                    }
-                    *sc = x;
-                    mx = mx.max(x);
+    let s = it.s;
+    let (q_start, q_len, ctx) = (
+        meta[3 * s] as usize,
+        meta[3 * s + 1] as usize,
+        meta[3 * s + 2] as usize,
+    );
+    let table = &tables[s * plan.max_blocks..(s + 1) * plan.max_blocks];
+    let n_rows = it.r1 - it.r0;
+    // Visible keys of row r: lo(r)..=pos(r); both grow with r.
+    let pos = |r: usize| ctx - q_len + (r - q_start);
+    let lo = |r: usize| p.window.map_or(0, |w| (pos(r) + 1).saturating_sub(w));
+    let (lo_min, pos_max) = (lo(it.r0), pos(it.r1 - 1));
+    let stride = pos_max + 1 - lo_min;
+    let heads = n_rows * groups;
+
+    let Scratch {
+        q: qbuf,
+        scores,
+        acc,
+        kv,
+        sums,
+    } = scratch;
+    qbuf.resize(heads * hd, 0.0);
+    for (r, dst) in (it.r0..it.r1).zip(qbuf.chunks_exact_mut(groups * hd)) {
+        let at = (r * nh + it.kvh * groups) * hd;
+        for (d, &x) in dst.iter_mut().zip(&q[at..at + groups * hd]) {
+            *d = x.to_f32();
+        }
+    }
+    scores.resize(heads * stride, 0.0);
+    kv.resize(hd, 0.0);
+    // Query rows that see key j: a contiguous range, as lo and pos grow with the row.
+    let mut first = 0;
+    let mut last = 0;
+
+    // Scores.
+    for_keys(table, bs, lo_min, pos_max, |j, slot| {
+        while pos(it.r0 + first) < j {
+            first += 1;
+        }
+        while last < n_rows && lo(it.r0 + last) <= j {
+            last += 1;
+        }
+        let at = (slot * nkv + it.kvh) * hd;
+        let kr = widen(&k[at..at + hd], kv);
+        for r in first..last {
+            for g in 0..groups {
+                let h = r * groups + g;
+                let mut x = dot(&qbuf[h * hd..(h + 1) * hd], kr) * p.scale;
+                if let Some(c) = p.softcap {
+                    x = (x / c).tanh() * c;
                 }
-                let o = &mut row_out[h * hd..(h + 1) * hd];
-                let mut sum = 0f32;
-                for (j, sc) in (lo..=pos).zip(scores.iter()) {
-                    let w = (sc - mx).exp();
-                    sum += w;
-                    let vr = &v[key(j)..key(j) + hd];
-                    for (a, &b) in o.iter_mut().zip(vr) {
-                        *a += w * f(b);
-                    }
-                }
-                for a in o.iter_mut() {
-                    *a /= sum;
+                scores[h * stride + j - lo_min] = x;
+            }
+        }
+    });
+
+    // Softmax weights (unnormalised) and their sums, per query head and row.
+    sums.resize(heads, 0.0);
+    for r in 0..n_rows {
+        let (a, b) = (lo(it.r0 + r) - lo_min, pos(it.r0 + r) - lo_min);
+        for g in 0..groups {
+            let h = r * groups + g;
+            let row = &mut scores[h * stride + a..=h * stride + b];
+            let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - mx).exp();
+                sum += *x;
+            }
+            sums[h] = sum;
+        }
+    }
+
+    // Weighted sum of V.
+    acc.clear();
+    acc.resize(heads * hd, 0.0);
+    let (mut first, mut last) = (0, 0);
+    for_keys(table, bs, lo_min, pos_max, |j, slot| {
+        while pos(it.r0 + first) < j {
+            first += 1;
+        }
+        while last < n_rows && lo(it.r0 + last) <= j {
+            last += 1;
+        }
+        let at = (slot * nkv + it.kvh) * hd;
+        let vr = widen(&v[at..at + hd], kv);
+        for r in first..last {
+            for g in 0..groups {
+                let h = r * groups + g;
+                let w = scores[h * stride + j - lo_min];
+                for (a, &b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(vr) {
+                    *a += w * b;
                 }
             }
-        });
-    out
+        }
+    });
+    for (o, &sum) in acc.chunks_exact_mut(hd).zip(sums.iter()) {
+        for a in o.iter_mut() {
+            *a /= sum;
+        }
+    }
+    acc
 }
 
 fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -271,29 +546,28 @@ impl CustomOp3 for PagedAttention {
         let (plan, p) = (&self.plan, &self.p);
         // One dtype: the contiguous slices of q, k and v, widened to f32 element by element.
         macro_rules! attend {
-            ($q:expr, $k:expr, $v:expr, $f:expr) => {
+            ($q:expr, $k:expr, $v:expr) => {
                 attend_cpu(
                     slice($q, l1, "q")?,
                     slice($k, l2, "k")?,
                     slice($v, l3, "v")?,
                     plan,
                     p,
-                    $f,
                 )
             };
         }
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                CpuStorage::F32(attend!(q, k, v, |x| x))
+                CpuStorage::F32(attend!(q, k, v))
             }
             (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => CpuStorage::BF16(
-                attend!(q, k, v, |x| x.to_f32())
+                attend!(q, k, v)
                     .into_iter()
                     .map(half::bf16::from_f32)
                     .collect(),
             ),
             (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(
-                attend!(q, k, v, |x| x.to_f32())
+                attend!(q, k, v)
                     .into_iter()
                     .map(half::f16::from_f32)
                     .collect(),
@@ -443,6 +717,101 @@ mod tests {
                     (*g as f64 - w).abs() < 1e-2 * w.abs().max(0.1),
                     "{dt:?}: {g} vs {w}"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// A query row's output is the same bits alone, beside other sequences, after more rows of
+    /// its own sequence, and under any thread count: nothing depends on the rest of the call.
+    #[test]
+    fn rows_are_independent_of_the_batch() -> Result<()> {
+        use super::super::check::noise;
+        let dev = Device::Cpu;
+        let (nb, bs) = (64, 4);
+        for (nh, nkv, hd) in [(8, 2, 40), (4, 4, 64), (6, 1, 16)] {
+            for (softcap, window) in [(None, None), (Some(5.0), None), (None, Some(7))] {
+                let mut p = params(nh, nkv, hd);
+                p.softcap = softcap;
+                p.window = window;
+                let row = nh * hd;
+                let kv_shape = (nb, bs, nkv, hd);
+                let k = Tensor::from_vec(noise(nb * bs * nkv * hd, 1), kv_shape, &dev)?;
+                let v = Tensor::from_vec(noise(nb * bs * nkv * hd, 2), kv_shape, &dev)?;
+                // Sequence A: 40 tokens, blocks 10..20; its 40 query rows.
+                let a_blocks: Vec<u32> = (10..20).collect();
+                let qa = noise(40 * row, 3);
+                let (b_blocks, c_blocks): (Vec<u32>, Vec<u32>) =
+                    ((30..36).collect(), vec![5, 1, 60]);
+                let (qb, qc) = (noise(5 * row, 4), noise(2 * row, 5));
+                let seq = |q_len, ctx_len, blocks| PlanSeq {
+                    q_len,
+                    ctx_len,
+                    blocks,
+                };
+                // (plan, queries, index of A's last 3 rows in the output)
+                let calls: Vec<(Vec<PlanSeq>, Vec<f32>, usize)> = vec![
+                    (vec![seq(3, 40, &a_blocks)], qa[37 * row..].to_vec(), 0),
+                    (
+                        vec![seq(1, 38, &a_blocks)],
+                        qa[37 * row..38 * row].to_vec(),
+                        0,
+                    ),
+                    (
+                        vec![
+                            seq(5, 21, &b_blocks),
+                            seq(3, 40, &a_blocks),
+                            seq(2, 9, &c_blocks),
+                        ],
+                        [&qb[..], &qa[37 * row..], &qc[..]].concat(),
+                        5,
+                    ),
+                    (vec![seq(20, 40, &a_blocks)], qa[20 * row..].to_vec(), 17),
+                    (vec![seq(40, 40, &a_blocks)], qa.clone(), 37),
+                    (
+                        vec![seq(40, 40, &a_blocks), seq(5, 21, &b_blocks)],
+                        [&qa[..], &qb[..]].concat(),
+                        37,
+                    ),
+                ];
+                for dt in [DType::F32, DType::BF16] {
+                    let (k, v) = (k.to_dtype(dt)?, v.to_dtype(dt)?);
+                    let mut want: Option<Vec<u32>> = None;
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .map_err(candle_core::Error::wrap)?;
+                        for (i, (seqs, q, at)) in calls.iter().enumerate() {
+                            let t = q.len() / row;
+                            let q = Tensor::from_slice(q, (t, nh, hd), &dev)?.to_dtype(dt)?;
+                            let plan = AttentionPlan::new(seqs, bs, &dev)?;
+                            let o = pool.install(|| paged_attention(&q, &k, &v, &plan, &p))?;
+                            // The rows at positions 37.. (one row, position 37, for call 1).
+                            let n = if i == 1 { 1 } else { 3 };
+                            let got: Vec<u32> = o
+                                .narrow(0, *at, n)?
+                                .to_dtype(DType::F32)?
+                                .flatten_all()?
+                                .to_vec1::<f32>()?
+                                .iter()
+                                .map(|x| x.to_bits())
+                                .collect();
+                            if i == 1 {
+                                // Position 37 with a context of 38: the first of A's 3 rows.
+                                let w = want.as_ref().expect("call 0 ran first");
+                                assert_eq!(&got[..], &w[..row], "{p:?} {dt:?} call {i}");
+                                continue;
+                            }
+                            match &want {
+                                None => want = Some(got),
+                                Some(w) => {
+                                    assert_eq!(&got, w, "{p:?} {dt:?} {threads} threads, call {i}")
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(())
