@@ -82,7 +82,7 @@ const HF_PPL_REL: f64 = 2e-3;
 /// E[√(1-p)] ≈ 0.5 on these texts) that is 0.04–0.12 nats per token: the bound is the top of that
 /// range plus margin, 0.15. A single token can reach ~4σ: 1.2, bound 1.5 for the largest.
 ///
-/// Files with Q4_1 / Q5_0 / Q5_1 tensors (SmolLM2 here) get their weights re-quantized to Q8_0
+/// Files with Q4_1 / Q5_0 / Q5_1 tensors (all three fetched files) get those re-quantized to Q8_0
 /// at load on the CPU (crates/cord-models/src/weights.rs), a second, independent 8-bit rounding
 /// of the same size on every matmul: the noise adds in quadrature, so both bounds scale by √2
 /// for them ([`roundings`]).
