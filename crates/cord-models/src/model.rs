@@ -45,8 +45,7 @@ impl Attention {
     /// quantization noise (0.03–0.07 nats measured on SmolLM2 / Qwen2.5 for one position as the
     /// scored text grows past 6–9 tokens; docs/testing.md). Scores must not depend on what else
     /// is in the batch, so `Gather` is opt-in.
-    pub fn default_for(device: &Device) -> Attention {
-        let _ = device;
+    pub fn from_env() -> Attention {
         std::env::var("CORD_ATTENTION")
             .ok()
             .and_then(|v| Attention::parse(&v))
@@ -264,11 +263,11 @@ impl Model {
             lm_head,
             rope_global,
             rope_local,
-            attention: Attention::default_for(device),
+            attention: Attention::from_env(),
         })
     }
 
-    /// How attention reads the cache (default: [`Attention::default_for`] the device).
+    /// How attention reads the cache (default: [`Attention::from_env`]).
     pub fn attention(&self) -> Attention {
         self.attention
     }

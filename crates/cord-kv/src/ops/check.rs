@@ -66,6 +66,23 @@ pub fn case(p: AttentionParams, bs: usize, shapes: &[(usize, usize)], seed: u64)
     }
 }
 
+/// The attention plan of sequences given as (q_len, ctx_len, block table).
+pub fn plan_of(
+    seqs: &[(usize, usize, Vec<u32>)],
+    bs: usize,
+    dev: &Device,
+) -> Result<AttentionPlan> {
+    let seqs: Vec<PlanSeq> = seqs
+        .iter()
+        .map(|(q_len, ctx, b)| PlanSeq {
+            q_len: *q_len,
+            ctx_len: *ctx,
+            blocks: b,
+        })
+        .collect();
+    AttentionPlan::new(&seqs, bs, dev)
+}
+
 impl Case {
     pub fn tensors(&self, dt: DType, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
         let (nh, nkv, hd) = (self.p.num_heads, self.p.num_kv_heads, self.p.head_dim);
@@ -78,16 +95,7 @@ impl Case {
     }
 
     pub fn plan(&self, dev: &Device) -> Result<AttentionPlan> {
-        let seqs: Vec<PlanSeq> = self
-            .seqs
-            .iter()
-            .map(|(q_len, ctx, b)| PlanSeq {
-                q_len: *q_len,
-                ctx_len: *ctx,
-                blocks: b,
-            })
-            .collect();
-        AttentionPlan::new(&seqs, self.bs, dev)
+        plan_of(&self.seqs, self.bs, dev)
     }
 
     pub fn run(&self, dt: DType, dev: &Device) -> Result<Vec<f32>> {
@@ -443,15 +451,7 @@ pub fn timings(dev: &Device) -> Result<Vec<Timing>> {
         let q = Tensor::randn(0f32, 1.0, (t, nh, hd), dev)?.to_dtype(dt)?;
         let k = Tensor::randn(0f32, 1.0, (nb, bs, nkv, hd), dev)?.to_dtype(dt)?;
         let v = Tensor::randn(0f32, 1.0, (nb, bs, nkv, hd), dev)?.to_dtype(dt)?;
-        let plan_seqs: Vec<PlanSeq> = seqs
-            .iter()
-            .map(|(q_len, ctx, b)| PlanSeq {
-                q_len: *q_len,
-                ctx_len: *ctx,
-                blocks: b,
-            })
-            .collect();
-        let plan = AttentionPlan::new(&plan_seqs, bs, dev)?;
+        let plan = plan_of(&seqs, bs, dev)?;
         let a = paged_attention(&q, &k, &v, &plan, &p)?.to_dtype(DType::F32)?;
         let b = gather_attention(&q, &k, &v, &seqs, &p, bs)?.to_dtype(DType::F32)?;
         let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
@@ -564,15 +564,7 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (t, 14, 64), &dev)?;
             let k = Tensor::randn(0f32, 1.0, (nb, bs, 2, 64), &dev)?;
             let v = Tensor::randn(0f32, 1.0, (nb, bs, 2, 64), &dev)?;
-            let plan_seqs: Vec<PlanSeq> = seqs
-                .iter()
-                .map(|(q_len, ctx, b)| PlanSeq {
-                    q_len: *q_len,
-                    ctx_len: *ctx,
-                    blocks: b,
-                })
-                .collect();
-            let plan = AttentionPlan::new(&plan_seqs, bs, &dev)?;
+            let plan = plan_of(&seqs, bs, &dev)?;
             for round in 0..3 {
                 let ours =
                     time_per_call(&dev, || paged_attention(&q, &k, &v, &plan, &p).map(drop))?;

@@ -401,6 +401,30 @@ fn for_keys(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(us
     }
 }
 
+/// [`for_keys`] over an item's keys, with the item's rows (relative, `0..n_rows`) that see each
+/// key: a contiguous range, since both ends of a row's window (`lo`, `pos`) grow with the row.
+#[inline(always)]
+fn for_visible_keys(
+    table: &[u32],
+    bs: usize,
+    (lo_min, pos_max): (usize, usize),
+    n_rows: usize,
+    lo: impl Fn(usize) -> usize,
+    pos: impl Fn(usize) -> usize,
+    mut f: impl FnMut(usize, usize, std::ops::Range<usize>),
+) {
+    let (mut first, mut last) = (0, 0);
+    for_keys(table, bs, lo_min, pos_max, |j, slot| {
+        while pos(first) < j {
+            first += 1;
+        }
+        while last < n_rows && lo(last) <= j {
+            last += 1;
+        }
+        f(j, slot, first..last)
+    });
+}
+
 /// One work item: returns the outputs of its rows, `[r1 - r0][groups][head_dim]`.
 #[inline(always)]
 fn attend_item_impl<'s, T: Elem>(
@@ -447,31 +471,31 @@ fn attend_item_impl<'s, T: Elem>(
     }
     scores.resize(heads * stride, 0.0);
     kv.resize(hd, 0.0);
-    // Query rows that see key j: a contiguous range, as lo and pos grow with the row.
-    let mut first = 0;
-    let mut last = 0;
+    let (lo_r, pos_r) = (|r: usize| lo(it.r0 + r), |r: usize| pos(it.r0 + r));
 
     // Scores.
-    for_keys(table, bs, lo_min, pos_max, |j, slot| {
-        while pos(it.r0 + first) < j {
-            first += 1;
-        }
-        while last < n_rows && lo(it.r0 + last) <= j {
-            last += 1;
-        }
-        let at = (slot * nkv + it.kvh) * hd;
-        let kr = widen(&k[at..at + hd], kv);
-        for r in first..last {
-            for g in 0..groups {
-                let h = r * groups + g;
-                let mut x = dot(&qbuf[h * hd..(h + 1) * hd], kr) * p.scale;
-                if let Some(c) = p.softcap {
-                    x = (x / c).tanh() * c;
+    for_visible_keys(
+        table,
+        bs,
+        (lo_min, pos_max),
+        n_rows,
+        lo_r,
+        pos_r,
+        |j, slot, rows| {
+            let at = (slot * nkv + it.kvh) * hd;
+            let kr = widen(&k[at..at + hd], kv);
+            for r in rows {
+                for g in 0..groups {
+                    let h = r * groups + g;
+                    let mut x = dot(&qbuf[h * hd..(h + 1) * hd], kr) * p.scale;
+                    if let Some(c) = p.softcap {
+                        x = (x / c).tanh() * c;
+                    }
+                    scores[h * stride + j - lo_min] = x;
                 }
-                scores[h * stride + j - lo_min] = x;
             }
-        }
-    });
+        },
+    );
 
     // Softmax weights (unnormalised) and their sums, per query head and row.
     sums.resize(heads, 0.0);
@@ -493,26 +517,27 @@ fn attend_item_impl<'s, T: Elem>(
     // Weighted sum of V.
     acc.clear();
     acc.resize(heads * hd, 0.0);
-    let (mut first, mut last) = (0, 0);
-    for_keys(table, bs, lo_min, pos_max, |j, slot| {
-        while pos(it.r0 + first) < j {
-            first += 1;
-        }
-        while last < n_rows && lo(it.r0 + last) <= j {
-            last += 1;
-        }
-        let at = (slot * nkv + it.kvh) * hd;
-        let vr = widen(&v[at..at + hd], kv);
-        for r in first..last {
-            for g in 0..groups {
-                let h = r * groups + g;
-                let w = scores[h * stride + j - lo_min];
-                for (a, &b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(vr) {
-                    *a += w * b;
+    for_visible_keys(
+        table,
+        bs,
+        (lo_min, pos_max),
+        n_rows,
+        lo_r,
+        pos_r,
+        |j, slot, rows| {
+            let at = (slot * nkv + it.kvh) * hd;
+            let vr = widen(&v[at..at + hd], kv);
+            for r in rows {
+                for g in 0..groups {
+                    let h = r * groups + g;
+                    let w = scores[h * stride + j - lo_min];
+                    for (a, &b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(vr) {
+                        *a += w * b;
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     for (o, &sum) in acc.chunks_exact_mut(hd).zip(sums.iter()) {
         for a in o.iter_mut() {
             *a /= sum;
