@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::backend::{Backend, ProposeRequest};
 use crate::error::{Error, Result};
-use crate::hygiene::Reject;
+use crate::hygiene::{Reject, makes_progress};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
@@ -313,6 +313,51 @@ impl CordSearch {
         cands
     }
 
+    /// Progress first (`[filter] progress_first`): when some candidates of this step make
+    /// progress (a new number, a formula or the final answer), the others are rejected before
+    /// scoring; when none does, all compete.
+    fn progress_first(&mut self, cands: Vec<Cand>) -> Vec<Cand> {
+        if !(self.s.filter.enabled && self.s.filter.progress_first) {
+            return cands;
+        }
+        let progress: Vec<bool> = cands
+            .iter()
+            .map(|c| {
+                makes_progress(
+                    &c.text,
+                    &self.p.question,
+                    &step_texts(&self.live[c.rank].steps),
+                )
+            })
+            .collect();
+        if progress.iter().all(|&p| p) || !progress.iter().any(|&p| p) {
+            return cands;
+        }
+        let mut kept = Vec::with_capacity(cands.len());
+        for (c, p) in cands.into_iter().zip(progress) {
+            if p {
+                kept.push(c);
+                continue;
+            }
+            self.stats.reject(&self.s, c.teacher, Reject::NoProgress);
+            let parent_id = self.live[c.rank].id;
+            self.tree_entry(
+                self.t,
+                c.id,
+                Some(parent_id),
+                Some(c.rank),
+                c.teacher,
+                &c.text,
+                None,
+                false,
+                false,
+                Some(format!("rejected: {}", Reject::NoProgress)),
+                Vec::new(),
+            );
+        }
+        kept
+    }
+
     /// Filters a slot's new step: a rejection is counted and written to the tree.
     fn check_slot(&mut self, slot: &Slot, out: &StepOutcome) -> Option<Reject> {
         let parent = &self.live[slot.rank];
@@ -577,6 +622,7 @@ impl Search for CordSearch {
                         };
                         continue;
                     }
+                    let cands = self.progress_first(cands);
                     return Ok(self.score_need(cands));
                 }
                 State::ForceAll { reason } => {

@@ -39,6 +39,14 @@ pub struct FilterConfig {
     /// Letters and digits must be at least this share of the non-whitespace characters
     /// (U+FFFD replacement characters and markup such as `#`, `*`, `|` do not count).
     pub min_text_ratio: f64,
+    /// Progress first: when some candidates of a step add something checkable (a number that
+    /// neither the question nor the beam's earlier steps contain, a formula, or the final
+    /// answer; [`makes_progress`]), the candidates that add nothing (restating the question,
+    /// announcing a plan) are rejected before scoring. When no candidate of the step makes
+    /// progress, all of them compete. The paper's score cannot tell these apart: a step that
+    /// says nothing keeps the answer's probability at its question-only prior, while a correct
+    /// intermediate result lowers it (README, "Junk, natural ends and the scorer").
+    pub progress_first: bool,
 }
 
 impl Default for FilterConfig {
@@ -53,6 +61,7 @@ impl Default for FilterConfig {
             reject_repeated_step: true,
             near_repeat: 0.9,
             min_text_ratio: 0.3,
+            progress_first: true,
         }
     }
 }
@@ -108,6 +117,8 @@ pub enum Reject {
     RepeatsEarlierStep,
     /// Mostly replacement characters or markup.
     NonText,
+    /// Adds nothing checkable while other candidates of the step do (`progress_first`).
+    NoProgress,
 }
 
 impl Reject {
@@ -118,6 +129,7 @@ impl Reject {
             Reject::Loop => "loop",
             Reject::RepeatsEarlierStep => "repeats-earlier-step",
             Reject::NonText => "non-text",
+            Reject::NoProgress => "no-progress",
         }
     }
 }
@@ -338,6 +350,96 @@ pub fn states_answer(body: &str) -> Option<usize> {
     Some(body[at..].find('\n').map_or(body.len(), |e| at + e))
 }
 
+/// Whether a step body adds something a reader can check: it states the final answer
+/// ([`states_answer`]), contains a formula (`=`, `+`, `*`, `/`, `^`, `<`, `>`, `×`, `÷`, `√`,
+/// `≤`, `≥`, `≠` or a LaTeX command such as `\frac`), or contains a number that neither
+/// `question` nor the `earlier` steps contain. List markers (`1.` or `2)` at the start of a
+/// line) are not numbers here. "Find the total distance covered by the fog bank." and "The
+/// juggler can juggle 16 balls." (16 from the question) make no progress; "Half of them, 8,
+/// are golf balls." and "16 / 2 = 8" do.
+pub fn makes_progress(body: &str, question: &str, earlier: &[&str]) -> bool {
+    let body = step_body(body);
+    if states_answer(body).is_some() {
+        return true;
+    }
+    if body.contains(['=', '+', '/', '^', '<', '>', '×', '÷', '√', '≤', '≥', '≠'])
+        || single_star(body)
+        || has_latex_command(body)
+    {
+        return true;
+    }
+    let new = numbers(body);
+    if new.is_empty() {
+        return false;
+    }
+    let mut known = numbers(question);
+    for e in earlier {
+        known.extend(numbers(step_body(e)));
+    }
+    new.iter().any(|n| !known.contains(n))
+}
+
+/// A `*` that is not part of markdown emphasis (`**bold**`, `*italic*` at a word's edge):
+/// one with a space or a digit on each side, as in `3 * 4` or `3*4`.
+fn single_star(s: &str) -> bool {
+    let c: Vec<char> = s.chars().collect();
+    (1..c.len().saturating_sub(1)).any(|i| {
+        let operand = |x: char| x == ' ' || x.is_ascii_digit() || x == ')';
+        c[i] == '*' && operand(c[i - 1]) && (operand(c[i + 1]) || c[i + 1] == '(')
+    })
+}
+
+/// A backslash followed by a letter (`\frac`, `\times`, `\sqrt`, ...).
+fn has_latex_command(s: &str) -> bool {
+    s.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'\\' && w[1].is_ascii_alphabetic())
+}
+
+/// The numbers of a text in a normal form: thousands separators dropped (`1,000` → `1000`),
+/// trailing decimal zeros dropped (`8.50` → `8.5`, `8.0` → `8`); list markers left out.
+fn numbers(s: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for line in s.lines() {
+        let chars: Vec<char> = line.chars().collect();
+        let first = chars.iter().position(|c| !c.is_whitespace());
+        let mut i = 0;
+        while i < chars.len() {
+            if !chars[i].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut n = String::new();
+            while i < chars.len() {
+                let c = chars[i];
+                let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+                if c.is_ascii_digit() {
+                    n.push(c);
+                } else if c == ',' && next_digit && !n.contains('.') {
+                    // thousands separator
+                } else if c == '.' && next_digit && !n.contains('.') {
+                    n.push('.');
+                } else {
+                    break;
+                }
+                i += 1;
+            }
+            let marker = Some(start) == first
+                && matches!(chars.get(i), Some('.' | ')'))
+                && !chars.get(i + 1).is_some_and(char::is_ascii_digit);
+            if marker {
+                continue;
+            }
+            if n.contains('.') {
+                n = n.trim_end_matches('0').trim_end_matches('.').to_string();
+            }
+            out.insert(n);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,5 +612,59 @@ mod tests {
         );
         assert_eq!(states_answer("so \\boxed{7}"), Some(12));
         assert_eq!(states_answer("3 + 4 = 7"), None);
+    }
+
+    #[test]
+    fn progress_is_a_new_number_a_formula_or_the_answer() {
+        // Real demo-pool candidates (GSM8K; "fog bank": gsm8k-103, "basketball": gsm8k-740).
+        let q = "The juggler can juggle 16 balls. Half of the balls are golf balls, and half of \
+                 the golf balls are blue. How many blue golf balls are there?";
+        assert!(!makes_progress(
+            "### Step 1. The juggler can juggle 16 balls.",
+            q,
+            &[]
+        ));
+        assert!(!makes_progress(
+            "### Step 1. Find the total distance covered by the fog bank.",
+            q,
+            &[]
+        ));
+        assert!(!makes_progress("**Identify** the *golf balls*.", q, &[]));
+        assert!(!makes_progress(
+            "1. Count the balls.\n2) Halve them.",
+            q,
+            &[]
+        ));
+        assert!(makes_progress("Half of them, 8, are golf balls.", q, &[]));
+        assert!(makes_progress("16 / 2 is half of the balls.", q, &[]));
+        assert!(makes_progress("The golf balls are 16*0.5.", q, &[]));
+        assert!(makes_progress("$\\frac{1}{2}$ of the balls.", q, &[]));
+        assert!(makes_progress("The final answer is 4.", q, &[]));
+        assert!(makes_progress("### Step 3. \\boxed{4}", q, &[]));
+        // A number computed in an earlier step is not new; restating it is no progress.
+        let earlier = ["### Step 1. Half of them, 8, are golf balls."];
+        assert!(!makes_progress("So there are 8 golf balls.", q, &earlier));
+        assert!(makes_progress(
+            "Half of the 8 golf balls are blue: 4.",
+            q,
+            &earlier
+        ));
+        // Number forms: separators and trailing zeros do not make a number new.
+        let q2 = "A car costs $12,000 and a bike $150.50.";
+        assert!(!makes_progress("The car costs 12000 dollars.", q2, &[]));
+        assert!(!makes_progress("The bike costs $150.5.", q2, &[]));
+        assert!(makes_progress(
+            "Together they cost 12150.5 dollars.",
+            q2,
+            &[]
+        ));
+    }
+
+    #[test]
+    fn numbers_are_normalised() {
+        let n = numbers("1,000 and 8.50 and 8.0 and 3.\n2. item 7 and 0.25");
+        let mut v: Vec<_> = n.into_iter().collect();
+        v.sort();
+        assert_eq!(v, ["0.25", "1000", "3", "7", "8", "8.5"]);
     }
 }

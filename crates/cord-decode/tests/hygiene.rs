@@ -284,3 +284,74 @@ fn curation_rejects_a_junk_trajectory_and_fails_when_all_are() {
     assert!(rec.failed.as_deref().unwrap().contains("t0: repeated-line"));
     assert!(b.answer_requests().is_empty());
 }
+
+#[test]
+fn progress_first_rejects_steps_that_add_nothing_before_scoring() {
+    // Width 1, two teachers. Step 1: t1 restates the question (the paper's score would prefer
+    // it: nothing said keeps the answer at its prior) while t0 computes; t1's step is rejected
+    // unscored. Step 2: neither candidate adds anything, so both compete.
+    let pool = pool(
+        2,
+        "beam_width = 1\nsave_tree = true\n[filter]\nprogress_first = true",
+    );
+    let mut p = problem("p", "8");
+    p.question = "Tom has 16 balls and gives half away. How many are left?".into();
+    let mut b = backend(2);
+    b.propose(0, H1, " 16 / 2 = 8 balls are given away.", step())
+        .propose(1, H1, " Tom has 16 balls.", step());
+    b.score("### Step 1. 16 / 2 = 8 balls are given away.", 0.05)
+        .score("### Step 1. Tom has 16 balls.", 0.3);
+    let p2 = "### Step 1. 16 / 2 = 8 balls are given away.\n\n### Step 2.";
+    b.propose(0, p2, " So 8 balls are left.", think()).propose(
+        1,
+        p2,
+        " Tom is left with balls.",
+        think(),
+    );
+    b.score(&format!("{p2} So 8 balls are left."), 0.6)
+        .score(&format!("{p2} Tom is left with balls."), 0.7);
+    b.answer(
+        1,
+        &format!("{p2} Tom is left with balls.</think>"),
+        "\\boxed{8}",
+        Finish::Eos,
+    );
+    let rec = drive(&pool, p, &mut b);
+    assert_eq!(b.score_calls()[0].len(), 1, "the restatement is not scored");
+    assert_eq!(
+        b.score_calls()[1].len(),
+        2,
+        "no candidate adds anything: both compete"
+    );
+    assert_eq!(rec.steps[0].teacher, "t0");
+    assert_eq!(rec.steps[1].teacher, "t1");
+    assert_eq!(rejected(&rec, "t1", "no-progress"), 1);
+    let tree = rec.tree.as_ref().unwrap();
+    assert!(tree.iter().any(
+        |e| e.text.contains("Tom has 16") && e.note.as_deref() == Some("rejected: no-progress")
+    ));
+}
+
+#[test]
+fn progress_first_is_off_without_the_filter() {
+    let pool = pool(
+        2,
+        "beam_width = 1\n[filter]\nenabled = false\nprogress_first = true",
+    );
+    let mut p = problem("p", "8");
+    p.question = "Tom has 16 balls and gives half away. How many are left?".into();
+    let mut b = backend(2);
+    b.propose(0, H1, " 16 / 2 = 8", think())
+        .propose(1, H1, " Tom has 16 balls.", think());
+    b.score("### Step 1. 16 / 2 = 8", 0.05)
+        .score("### Step 1. Tom has 16 balls.", 0.3);
+    b.answer(
+        1,
+        "### Step 1. Tom has 16 balls.</think>",
+        "\\boxed{8}",
+        Finish::Eos,
+    );
+    let rec = drive(&pool, p, &mut b);
+    assert_eq!(b.score_calls()[0].len(), 2);
+    assert_eq!(rec.steps[0].teacher, "t1");
+}

@@ -16,7 +16,7 @@ pub fn pool(k: usize, search: &str) -> PoolConfig {
             "[[teacher]]\nname = \"t{i}\"\nmodel = \"org/model-{i}\"\n"
         ));
     }
-    PoolConfig::from_toml_str(&s, "test-pool").unwrap()
+    scripted_pool(&s, search)
 }
 
 pub fn pool_with_scorer(k: usize, search: &str, scorer: &str) -> PoolConfig {
@@ -26,7 +26,18 @@ pub fn pool_with_scorer(k: usize, search: &str, scorer: &str) -> PoolConfig {
             "[[teacher]]\nname = \"t{i}\"\nmodel = \"org/model-{i}\"\n"
         ));
     }
-    PoolConfig::from_toml_str(&s, "test-pool").unwrap()
+    scripted_pool(&s, search)
+}
+
+/// The scripted tests drive the beam mechanics with placeholder step texts ("A", "B1"), which
+/// `[filter] progress_first` would sort by their digits: it is off unless the test names it
+/// (tests/hygiene.rs tests it on its own).
+fn scripted_pool(toml: &str, search: &str) -> PoolConfig {
+    let mut p = PoolConfig::from_toml_str(toml, "test-pool").unwrap();
+    if !search.contains("progress_first") {
+        p.filter.progress_first = false;
+    }
+    p
 }
 
 pub fn backend(k: usize) -> ScriptedBackend {
