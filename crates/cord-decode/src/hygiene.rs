@@ -397,12 +397,16 @@ fn has_latex_command(s: &str) -> bool {
 }
 
 /// The numbers of a text in a normal form: thousands separators dropped (`1,000` → `1000`),
-/// trailing decimal zeros dropped (`8.50` → `8.5`, `8.0` → `8`); list markers left out.
+/// trailing decimal zeros dropped (`8.50` → `8.5`, `8.0` → `8`); list markers (a number
+/// followed by `.` or `)` at the start of a line, after any markdown `#`, `*`, `-`, `>`) left out.
 fn numbers(s: &str) -> std::collections::HashSet<String> {
     let mut out = std::collections::HashSet::new();
     for line in s.lines() {
         let chars: Vec<char> = line.chars().collect();
-        let first = chars.iter().position(|c| !c.is_whitespace());
+        // A list marker may follow markdown (`#### 5. Calculate ...`, `- 2) ...`, `**3.**`).
+        let first = chars
+            .iter()
+            .position(|c| !c.is_whitespace() && !matches!(c, '#' | '*' | '-' | '>'));
         let mut i = 0;
         while i < chars.len() {
             if !chars[i].is_ascii_digit() {
@@ -632,6 +636,18 @@ mod tests {
         assert!(!makes_progress("**Identify** the *golf balls*.", q, &[]));
         assert!(!makes_progress(
             "1. Count the balls.\n2) Halve them.",
+            q,
+            &[]
+        ));
+        // Numbered plan lines under markdown (a real SmolLM2-135M step, GSM8K gsm8k-473).
+        assert!(!makes_progress(
+            "### Step 1. Determine the total length of the shark.\n#### 1. Determine the \
+             total length of the shark.\n#### 2. Determine the combined length of the remoras.",
+            "Remoras of 18 inches each attach to a 10 foot shark.",
+            &[]
+        ));
+        assert!(!makes_progress(
+            "- 3) Find the blue ones.\n**4.** Count them.",
             q,
             &[]
         ));
