@@ -175,6 +175,11 @@ pub struct SearchConfig {
     /// `\boxed{}`): the step is cut after that line and the reasoning is closed there, instead
     /// of the search asking for more steps up to `max_steps`.
     pub end_on_answer: bool,
+    /// CoRD: from step 2 on, every live beam also competes as itself closed (`</think>` after
+    /// its steps), with the score it already has, so a trajectory ends when every continuation
+    /// would make the answer less predictable than stopping (finish `score-close`). Teachers
+    /// that never write `</think>` (non-reasoning models) otherwise run to `max_steps`.
+    pub close_candidate: bool,
 }
 
 impl Default for SearchConfig {
@@ -203,6 +208,7 @@ impl Default for SearchConfig {
             record_timing: true,
             answer_prefix: String::new(),
             end_on_answer: true,
+            close_candidate: true,
         }
     }
 }

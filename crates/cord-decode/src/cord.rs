@@ -444,10 +444,50 @@ impl CordSearch {
         cands
     }
 
+    /// `search.close_candidate`: every live beam that has a score (from step 2 on) as itself
+    /// closed, already scored: its score is the beam's own (the same context).
+    fn close_candidates(&mut self) -> Vec<Cand> {
+        if !self.s.close_candidate {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for rank in 0..self.live.len() {
+            let b = &self.live[rank];
+            let Some(last) = b.steps.last() else {
+                continue;
+            };
+            let score = Some(ScoreDetail {
+                score: b.score,
+                mean_logprob: last.mean_logprob.unwrap_or(b.score.ln()),
+                m: last.m,
+                per_scorer: last.scorers.clone(),
+            });
+            let (teacher, reasoning) = (b.teacher, closed(&b.reasoning));
+            out.push(Cand {
+                id: self.new_id(),
+                rank,
+                teacher,
+                reasoning,
+                text: THINK_CLOSE.to_string(),
+                tokens: 0,
+                done: true,
+                forced: false,
+                reason: "score-close",
+                pending: String::new(),
+                also: Vec::new(),
+                score,
+            });
+        }
+        out
+    }
+
     fn score_need(&mut self, cands: Vec<Cand>) -> Need {
         let mut groups = Vec::new();
         let mut reqs = Vec::new();
         for (i, c) in cands.iter().enumerate() {
+            if c.score.is_some() {
+                continue;
+            }
             let (js, rs) = self
                 .s
                 .score_requests(&self.p, &c.reasoning, Some(c.teacher));
@@ -622,7 +662,12 @@ impl Search for CordSearch {
                         };
                         continue;
                     }
-                    let cands = self.progress_first(cands);
+                    let mut cands = self.progress_first(cands);
+                    cands.extend(self.close_candidates());
+                    if cands.iter().all(|c| c.score.is_some()) {
+                        self.select(cands);
+                        continue;
+                    }
                     return Ok(self.score_need(cands));
                 }
                 State::ForceAll { reason } => {

@@ -113,6 +113,8 @@ pub struct Settings {
     pub filter: FilterConfig,
     /// End a trajectory at a step that states the final answer.
     pub end_on_answer: bool,
+    /// CoRD: each live beam also competes as itself closed (`search.close_candidate`).
+    pub close_candidate: bool,
 }
 
 impl Settings {
@@ -159,6 +161,7 @@ impl Settings {
             fingerprint: pool.fingerprint(),
             filter: pool.filter.clone(),
             end_on_answer: s.end_on_answer,
+            close_candidate: s.close_candidate,
         })
     }
 

@@ -638,3 +638,36 @@ fn answer_prefix_is_prefilled_and_part_of_the_final_answer() {
     let rec = drive(&plain, problem("p", "42"), &mut b);
     assert_eq!(rec.final_answer, "So 42.");
 }
+
+#[test]
+fn a_beam_closes_itself_when_every_continuation_scores_lower() {
+    // `close_candidate`: from step 2 on, the live beam also competes as itself closed, with
+    // its own score. Step 2 (0.8) beats closing after step 1 (0.5); at step 3 closing after
+    // step 2 (0.8) beats the continuation (0.3).
+    let pool = pool(1, "beam_width = 1\nclose_candidate = true");
+    let mut b = backend(1);
+    b.propose(0, H1, " s1", step());
+    b.score("### Step 1. s1", 0.5);
+    let p2 = "### Step 1. s1\n\n### Step 2.";
+    b.propose(0, p2, " s2", step());
+    b.score(&format!("{p2} s2"), 0.8);
+    let p3 = format!("{p2} s2\n\n### Step 3.");
+    b.propose(0, &p3, " s3", step());
+    b.score(&format!("{p3} s3"), 0.3);
+    b.answer(0, &format!("{p2} s2\n</think>"), "\\boxed{5}", Finish::Eos);
+    let rec = drive(&pool, problem("p", "5"), &mut b);
+    assert_eq!(b.propose_calls().len(), 3);
+    assert_eq!(
+        b.score_calls().len(),
+        3,
+        "a closed beam is not scored again"
+    );
+    assert_eq!(b.score_calls()[2].len(), 1);
+    assert_eq!(rec.steps.len(), 3);
+    assert_eq!(rec.steps[2].text, "</think>");
+    assert_eq!(rec.steps[2].finish, "score-close");
+    assert_eq!(rec.steps[2].score, 0.8);
+    assert_eq!(rec.steps[2].candidates, 2);
+    assert!(!rec.forced_close && !rec.natural_end);
+    assert!(rec.correct);
+}

@@ -30,12 +30,16 @@ pub fn pool_with_scorer(k: usize, search: &str, scorer: &str) -> PoolConfig {
 }
 
 /// The scripted tests drive the beam mechanics with placeholder step texts ("A", "B1"), which
-/// `[filter] progress_first` would sort by their digits: it is off unless the test names it
-/// (tests/hygiene.rs tests it on its own).
+/// `[filter] progress_first` would sort by their digits, and scripted scores that
+/// `search.close_candidate` would let a beam's own closing outbid: both are off unless the test
+/// names them (tests/hygiene.rs and tests/search.rs test them on their own).
 fn scripted_pool(toml: &str, search: &str) -> PoolConfig {
     let mut p = PoolConfig::from_toml_str(toml, "test-pool").unwrap();
     if !search.contains("progress_first") {
         p.filter.progress_first = false;
+    }
+    if !search.contains("close_candidate") {
+        p.search.close_candidate = false;
     }
     p
 }
