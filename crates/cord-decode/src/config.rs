@@ -180,6 +180,11 @@ pub struct SearchConfig {
     /// would make the answer less predictable than stopping (finish `score-close`). Teachers
     /// that never write `</think>` (non-reasoning models) otherwise run to `max_steps`.
     pub close_candidate: bool,
+    /// With `close_candidate`: only a beam scoring at least this much may close itself. The
+    /// score keeps a step that says nothing at the answer's question-only prior and lowers it
+    /// after an intermediate result, so without a floor a beam would close after its first
+    /// real step; 0.5 means the meta-prover finds the answer more likely than not.
+    pub close_min_score: f64,
 }
 
 impl Default for SearchConfig {
@@ -209,6 +214,7 @@ impl Default for SearchConfig {
             answer_prefix: String::new(),
             end_on_answer: true,
             close_candidate: true,
+            close_min_score: 0.5,
         }
     }
 }
@@ -457,6 +463,12 @@ impl PoolConfig {
             positive("search.curation_samples", n)?;
         }
         self.filter.validate()?;
+        if !(0.0..=1.0).contains(&s.close_min_score) {
+            return Err(Error::config(
+                "search.close_min_score",
+                "must be in [0, 1] (a score is exp(mean log-prob))",
+            ));
+        }
         if s.max_step_tokens > s.think_budget {
             return Err(Error::config(
                 "search.max_step_tokens",

@@ -444,8 +444,9 @@ impl CordSearch {
         cands
     }
 
-    /// `search.close_candidate`: every live beam that has a score (from step 2 on) as itself
-    /// closed, already scored: its score is the beam's own (the same context).
+    /// `search.close_candidate`: every live beam that has a score (from step 2 on) of at least
+    /// `close_min_score`, as itself closed, already scored: its score is the beam's own (the
+    /// same context).
     fn close_candidates(&mut self) -> Vec<Cand> {
         if !self.s.close_candidate {
             return Vec::new();
@@ -456,6 +457,9 @@ impl CordSearch {
             let Some(last) = b.steps.last() else {
                 continue;
             };
+            if b.score < self.s.close_min_score {
+                continue;
+            }
             let score = Some(ScoreDetail {
                 score: b.score,
                 mean_logprob: last.mean_logprob.unwrap_or(b.score.ln()),

@@ -115,6 +115,7 @@ pub struct Settings {
     pub end_on_answer: bool,
     /// CoRD: each live beam also competes as itself closed (`search.close_candidate`).
     pub close_candidate: bool,
+    pub close_min_score: f64,
 }
 
 impl Settings {
@@ -162,6 +163,7 @@ impl Settings {
             filter: pool.filter.clone(),
             end_on_answer: s.end_on_answer,
             close_candidate: s.close_candidate,
+            close_min_score: s.close_min_score,
         })
     }
 

@@ -671,3 +671,26 @@ fn a_beam_closes_itself_when_every_continuation_scores_lower() {
     assert!(!rec.forced_close && !rec.natural_end);
     assert!(rec.correct);
 }
+
+#[test]
+fn a_beam_below_close_min_score_does_not_close() {
+    // Closing after step 1 (0.4) would beat step 2 (0.3), but 0.4 < close_min_score = 0.5:
+    // the search goes on until max_steps.
+    let pool = pool(
+        1,
+        "beam_width = 1\nmax_steps = 2\nclose_candidate = true\nclose_min_score = 0.5",
+    );
+    let mut b = backend(1);
+    b.propose(0, H1, " s1", step());
+    b.score("### Step 1. s1", 0.4);
+    let p2 = "### Step 1. s1\n\n### Step 2.";
+    b.propose(0, p2, " s2", step());
+    b.score(&format!("{p2} s2"), 0.3);
+    b.score(&format!("{p2} s2\n</think>"), 0.3);
+    b.answer(0, &format!("{p2} s2\n</think>"), "\\boxed{5}", Finish::Eos);
+    let rec = drive(&pool, problem("p", "5"), &mut b);
+    assert_eq!(rec.steps[1].text.trim(), "### Step 2. s2");
+    assert_eq!(rec.steps[1].candidates, 1);
+    assert_eq!(rec.steps[2].finish, "max-steps");
+    assert!(rec.forced_close);
+}

@@ -183,7 +183,11 @@ fn check_records(path: &Path, pool: &PoolConfig, problems: &[Problem]) -> Vec<Re
                 assert_eq!(k + 1, rec.steps.len(), "only the last step may just close");
                 // Closed by the orchestrator: forced (cap, budget), or the beam's own score
                 // beat every continuation (`close_candidate`).
-                assert!(rec.forced_close || s.finish == "score-close", "{}", s.finish);
+                assert!(
+                    rec.forced_close || s.finish == "score-close",
+                    "{}",
+                    s.finish
+                );
                 continue;
             };
             assert!(!body.contains("### Step"), "{}: {:?}", rec.id, s.text);
