@@ -1175,7 +1175,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             })
             .collect();
         // The shared context is in the prefix cache (as after the step's generation): untimed.
-        engine.model_mut(id)?.kv.clear_prefix_cache();
+        engine.model_mut(id)?.clear_prefix_cache();
         engine.score(
             id,
             &[ScoreRequest {
@@ -1192,7 +1192,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         let mut total = 0.0;
         fresh_reused = 0;
         for c in &cands {
-            engine.model_mut(id)?.kv.clear_prefix_cache();
+            engine.model_mut(id)?.clear_prefix_cache();
             let t = Instant::now();
             let o = engine.score(id, std::slice::from_ref(c))?;
             sync(&s.device)?;
@@ -1257,7 +1257,7 @@ fn score(a: ScoreArgs) -> Result<()> {
                 "reused_tokens": fresh_reused,
             },
             "speedup": speedup,
-            "engine_stats": engine.model(id)?.stats,
+            "engine_stats": engine.model(id)?.stats(),
         }),
     )
 }

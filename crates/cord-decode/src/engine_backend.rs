@@ -308,7 +308,7 @@ impl EngineBackend {
         self.engine
             .models()
             .iter()
-            .map(|m| (m.name.clone(), m.stats.clone()))
+            .map(|m| (m.name().to_string(), m.stats().clone()))
             .collect()
     }
 

@@ -540,7 +540,7 @@ fn engine_backend_contract_on_tiny_models() {
     // or the prefill does (llama).
     for m in b.engine().models() {
         let p = m.render(None, question, "<think>\n### Step 1.").unwrap();
-        assert_eq!(p.matches("<think>").count(), 1, "{}: {p:?}", m.name);
+        assert_eq!(p.matches("<think>").count(), 1, "{}: {p:?}", m.name());
         assert!(p.ends_with("assistant\n<think>\n### Step 1."), "{p:?}");
     }
 
