@@ -29,12 +29,13 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Tensor};
 use clap::{Args, Subcommand};
+use cord_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
 use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
-use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest};
+use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest, parse_dtype};
+use cord_runtime::memory::DEFAULT_KV_MIB;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -190,7 +191,7 @@ struct SynthArgs {
     #[arg(long)]
     device: Option<String>,
     /// KV cache memory per model, MiB.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
     #[command(flatten)]
     common: Common,
@@ -508,15 +509,6 @@ fn builtin_config(name: &str) -> Option<Value> {
 
 const BUILTIN_NAMES: &str = "qwen2.5-0.5b, qwen2.5-7b, llama-3-8b, smollm2-135m";
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
-    })
-}
-
 /// A model ready to run, with what the reports need to know about it.
 struct Subject {
     /// Shown in tables and JSON.
@@ -605,11 +597,8 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let device_spec = DeviceSpec::parse(&t.device)?;
     let device = engine.device(device_spec)?;
     let dtype = match &t.dtype {
-        Some(s) => parse_dtype(s)?,
-        None => match device_spec {
-            DeviceSpec::Cpu => DType::F32,
-            DeviceSpec::Cuda(_) => DType::BF16,
-        },
+        Some(s) => parse_dtype(s)?.unwrap_or(device_spec.default_dtype()),
+        None => device_spec.default_dtype(),
     };
     match (&t.model, &t.config) {
         (Some(spec), _) => {

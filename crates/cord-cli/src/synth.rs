@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use cord_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::io::{
     OutputMode, Problem, RecordWriter, list_bad_lines, parse_problems, scan_problems_file,
 };
 use cord_decode::{Progress, RecordSink, Settings, Summary};
+use cord_runtime::memory::DEFAULT_GPU_MEMORY_FRACTION;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -90,10 +91,10 @@ pub struct RunArgs {
     pub(crate) device: Option<String>,
     /// KV cache memory per model, MiB, or `auto`: on a GPU, what the device's budget leaves after
     /// the weights of its models (and an activation reserve), split evenly; 2048 MiB on the CPU.
-    #[arg(long, default_value = "2048", value_parser = parse_kv_mib)]
+    #[arg(long, default_value_t = KvMemory::default(), value_parser = parse_kv_mib)]
     pub(crate) kv_mib: KvMemory,
     /// Share of each GPU's memory that the weights + KV pools placed on it may take.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULT_GPU_MEMORY_FRACTION)]
     pub(crate) gpu_memory_fraction: f64,
     /// Write the run summary (and per-model engine counters) as JSON here.
     #[arg(long)]

@@ -16,7 +16,6 @@ pub mod config;
 pub mod cord;
 pub mod curation;
 pub mod driver;
-pub mod engine_backend;
 pub mod error;
 pub mod hygiene;
 pub mod io;

@@ -1,7 +1,7 @@
 //! Devices and their memory: which device a model runs on, one candle device per ordinal, and
 //! the per-device budget ([`crate::memory`]) every placed model is checked against.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::{Engine, EngineError, ModelOptions, Result, model_err};
 use crate::memory::DeviceMemory;
@@ -30,6 +30,33 @@ impl DeviceSpec {
         }
         Err(EngineError::BadDevice(s.to_string()))
     }
+}
+
+impl DeviceSpec {
+    /// The dtype of unquantized weights and activations when none is asked for: f32 on the CPU
+    /// (candle's CPU bf16 matmuls are slow), bf16 on CUDA.
+    pub fn default_dtype(self) -> DType {
+        match self {
+            DeviceSpec::Cpu => DType::F32,
+            DeviceSpec::Cuda(_) => DType::BF16,
+        }
+    }
+}
+
+/// A dtype name: `f32`, `f16`, `bf16` (or `float32`, `float16`/`half`, `bfloat16`), or `auto`
+/// (`None`: the device's [`DeviceSpec::default_dtype`]).
+pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    Ok(Some(match s.trim().to_ascii_lowercase().as_str() {
+        "auto" => return Ok(None),
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" | "half" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "unknown dtype `{other}` (expected f32, f16, bf16 or auto)"
+            )));
+        }
+    }))
 }
 
 impl std::fmt::Display for DeviceSpec {

@@ -21,8 +21,8 @@ use cord_models::{LoadOptions, LoadedModel};
 use crate::chat::ChatTemplate;
 use crate::memory::{DeviceMemory, Placed};
 
-pub use device::DeviceSpec;
 use device::dense_bytes;
+pub use device::{DeviceSpec, parse_dtype};
 pub use generate::{Finish, GenOutput, GenRequest};
 pub use parallel::Parallel;
 pub use scheduler::{Event, RequestId, Scheduler, SchedulerStats};
@@ -47,6 +47,9 @@ pub enum EngineError {
     },
     #[error("{0}")]
     OutOfMemory(String),
+    /// The KV pools of a device cannot be sized automatically.
+    #[error("{0}")]
+    KvAuto(String),
     #[error("unknown model id {0}")]
     UnknownModel(usize),
     #[error("{0}")]
@@ -82,7 +85,7 @@ impl Default for ModelOptions {
         Self {
             device: DeviceSpec::Cpu,
             dtype: None,
-            kv_memory: 1 << 30,
+            kv_memory: crate::memory::DEFAULT_KV_MIB << 20,
             block_size: 16,
             dequantize: false,
             max_batch_tokens: 1024,
@@ -132,7 +135,7 @@ pub struct Engine {
     models: Vec<EngineModel>,
     devices: HashMap<DeviceSpec, Device>,
     memory: HashMap<DeviceSpec, DeviceMemory>,
-    /// Share of a GPU's total memory the models may take (default 0.9).
+    /// Share of a GPU's total memory the models may take.
     gpu_memory_fraction: f64,
     budgets: HashMap<DeviceSpec, u64>,
 }
@@ -143,7 +146,7 @@ impl Default for Engine {
             models: vec![],
             devices: HashMap::new(),
             memory: HashMap::new(),
-            gpu_memory_fraction: 0.9,
+            gpu_memory_fraction: crate::memory::DEFAULT_GPU_MEMORY_FRACTION,
             budgets: HashMap::new(),
         }
     }
@@ -164,10 +167,7 @@ impl Engine {
             return Ok(ModelId(i));
         }
         let device = self.device(opts.device)?;
-        let dtype = opts.dtype.unwrap_or(match opts.device {
-            DeviceSpec::Cpu => DType::F32,
-            DeviceSpec::Cuda(_) => DType::BF16,
-        });
+        let dtype = opts.dtype.unwrap_or(opts.device.default_dtype());
         // Refuse a model that cannot fit before reading its weights.
         let estimate = cord_models::estimate_weight_bytes(spec, dtype, opts.dequantize);
         if let Some(w) = estimate {

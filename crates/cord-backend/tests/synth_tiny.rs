@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use cord_backend::{BackendOptions, EngineBackend, KvMemory, Parallel};
 use cord_decode::config::DEFAULT_SUFFIX;
 use cord_decode::driver;
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory, Parallel};
 use cord_decode::io::{OutputMode, Problem, Record, RecordWriter, ResumeInfo, read_problems};
 use cord_decode::search::{Settings, score_context};
 use cord_decode::{
