@@ -175,8 +175,8 @@ struct SynthArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// cord | greedy | curation | mcts (overrides the pool).
-    #[arg(long)]
-    method: Option<String>,
+    #[arg(long, value_parser = |s: &str| crate::synth::choice::<Method>(s, "method"))]
+    method: Option<Method>,
     #[arg(long)]
     beam_width: Option<usize>,
     #[arg(long)]
@@ -1254,15 +1254,6 @@ fn score(a: ScoreArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // synth
 
-fn parse_method(s: &str) -> Result<Method> {
-    for m in [Method::Cord, Method::Greedy, Method::Curation, Method::Mcts] {
-        if m.as_str().eq_ignore_ascii_case(s) {
-            return Ok(m);
-        }
-    }
-    bail!("unknown method `{s}` (expected cord, greedy, curation or mcts)")
-}
-
 fn synth(a: SynthArgs) -> Result<()> {
     check_repeat(&a.common)?;
     for (flag, p) in [("--pool", &a.pool), ("--input", &a.input)] {
@@ -1272,7 +1263,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     let mut pool = PoolConfig::from_file(&a.pool)?;
     pool.apply_overrides(&SearchOverrides {
-        method: a.method.as_deref().map(parse_method).transpose()?,
+        method: a.method,
         beam_width: a.beam_width,
         think_budget: a.think_budget,
         answer_budget: a.answer_budget,

@@ -42,8 +42,8 @@ pub struct SynthArgs {
 #[derive(Args, Clone, Default)]
 pub struct RunArgs {
     /// cord | greedy | curation | mcts
-    #[arg(long)]
-    pub(crate) method: Option<String>,
+    #[arg(long, value_parser = |s: &str| choice::<Method>(s, "method"))]
+    pub(crate) method: Option<Method>,
     #[arg(long)]
     pub(crate) beam_width: Option<usize>,
     #[arg(long)]
@@ -135,19 +135,26 @@ fn parse_kv_mib(s: &str) -> std::result::Result<KvMemory, String> {
         .ok_or_else(|| format!("`{s}` is neither a number of MiB nor `auto`"))
 }
 
-fn parse_method(s: &str) -> Result<Method> {
-    for m in [Method::Cord, Method::Greedy, Method::Curation, Method::Mcts] {
-        if m.as_str().eq_ignore_ascii_case(s) {
-            return Ok(m);
-        }
-    }
-    bail!("unknown method `{s}` (expected cord, greedy, curation or mcts)")
+/// A value of a clap value enum, or an error naming `what` and the values it takes.
+pub(crate) fn choice<T: clap::ValueEnum>(s: &str, what: &str) -> std::result::Result<T, String> {
+    T::from_str(s, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        let (last, rest) = names.split_last().expect("a value enum has values");
+        format!(
+            "unknown {what} `{s}` (expected {} or {last})",
+            rest.join(", ")
+        )
+    })
 }
 
 impl RunArgs {
     fn overrides(&self) -> Result<SearchOverrides> {
         Ok(SearchOverrides {
-            method: self.method.as_deref().map(parse_method).transpose()?,
+            method: self.method,
             beam_width: self.beam_width,
             think_budget: self.think_budget,
             answer_budget: self.answer_budget,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::scheduler::{Event, RequestId};
 use super::{EngineModel, Result};
 use crate::sampling::SamplingParams;
+use crate::stop::Finish;
 
 /// A generation request over fully rendered text.
 #[derive(Debug, Clone)]
@@ -17,24 +18,6 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// Keep the matched stop string in the returned text.
     pub keep_stop: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Finish {
-    Eos,
-    Stop(String),
-    Length,
-}
-
-impl Finish {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Finish::Eos => "stop",
-            Finish::Stop(_) => "stop_string",
-            Finish::Length => "length",
-        }
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -21,9 +21,10 @@ use cord_models::{LoadOptions, LoadedModel};
 use crate::chat::ChatTemplate;
 use crate::memory::{DeviceMemory, Placed};
 
+pub use crate::stop::Finish;
 use device::dense_bytes;
 pub use device::{DeviceSpec, parse_dtype};
-pub use generate::{Finish, GenOutput, GenRequest};
+pub use generate::{GenOutput, GenRequest};
 pub use parallel::Parallel;
 pub use scheduler::{Event, RequestId, Scheduler, SchedulerStats};
 pub use score::{ScoreOutput, ScoreRequest};

@@ -17,7 +17,7 @@ use cord_models::{LogitsMode, SeqInput};
 
 use super::{EngineError, EngineModel, Finish, GenOutput, GenRequest, Result, is_out_of_blocks};
 use crate::sampling::Sampler;
-use crate::stop::{FinishReason, Finished, StopChecker, StopConfig};
+use crate::stop::{Finished, StopChecker, StopConfig};
 
 /// Handle of a generation request inside one model's scheduler (increasing in admission order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -271,11 +271,7 @@ impl Scheduler<'_> {
                 });
             }
             if let Some(f) = step.finished {
-                s.finish = Some(match &f.reason {
-                    FinishReason::Eos => Finish::Eos,
-                    FinishReason::Stop(s) => Finish::Stop(s.clone()),
-                    FinishReason::Length => Finish::Length,
-                });
+                s.finish = Some(f.reason.clone());
                 s.done = Some(f);
             }
         }
