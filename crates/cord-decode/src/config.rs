@@ -1,7 +1,7 @@
 //! The pool file: search settings, the scorer and the teachers (TOML).
 //!
-//! Every recommended choice O-1..O-27 of the method specification is the default of a key here,
-//! so that other readings can be tried. Unknown keys are errors (the TOML error names them), and
+//! Every choice the code makes in reading the method (O-1..O-26, listed in docs/method.md) is the
+//! default of a key here, so that other readings can be tried. Unknown keys are errors (the TOML error names them), and
 //! values out of range are reported with the key that holds them.
 
 use std::collections::HashSet;
