@@ -13,6 +13,7 @@
 
 pub mod answer;
 pub mod backend;
+pub(crate) mod chunked;
 pub mod config;
 pub mod cord;
 pub mod curation;
