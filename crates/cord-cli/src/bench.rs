@@ -29,12 +29,13 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file;
 use candle_core::{D, DType, Device, Tensor};
 use clap::{Args, Subcommand};
+use cord_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
 use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
-use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest};
+use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest, parse_dtype};
+use cord_runtime::memory::DEFAULT_KV_MIB;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -174,8 +175,8 @@ struct SynthArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// cord | greedy | curation | mcts (overrides the pool).
-    #[arg(long)]
-    method: Option<String>,
+    #[arg(long, value_parser = |s: &str| crate::synth::choice::<Method>(s, "method"))]
+    method: Option<Method>,
     #[arg(long)]
     beam_width: Option<usize>,
     #[arg(long)]
@@ -190,7 +191,7 @@ struct SynthArgs {
     #[arg(long)]
     device: Option<String>,
     /// KV cache memory per model, MiB.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
     #[command(flatten)]
     common: Common,
@@ -508,15 +509,6 @@ fn builtin_config(name: &str) -> Option<Value> {
 
 const BUILTIN_NAMES: &str = "qwen2.5-0.5b, qwen2.5-7b, llama-3-8b, smollm2-135m";
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
-    })
-}
-
 /// A model ready to run, with what the reports need to know about it.
 struct Subject {
     /// Shown in tables and JSON.
@@ -605,11 +597,8 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let device_spec = DeviceSpec::parse(&t.device)?;
     let device = engine.device(device_spec)?;
     let dtype = match &t.dtype {
-        Some(s) => parse_dtype(s)?,
-        None => match device_spec {
-            DeviceSpec::Cpu => DType::F32,
-            DeviceSpec::Cuda(_) => DType::BF16,
-        },
+        Some(s) => parse_dtype(s)?.unwrap_or(device_spec.default_dtype()),
+        None => device_spec.default_dtype(),
     };
     match (&t.model, &t.config) {
         (Some(spec), _) => {
@@ -1175,7 +1164,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             })
             .collect();
         // The shared context is in the prefix cache (as after the step's generation): untimed.
-        engine.model_mut(id)?.kv.clear_prefix_cache();
+        engine.model_mut(id)?.clear_prefix_cache();
         engine.score(
             id,
             &[ScoreRequest {
@@ -1192,7 +1181,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         let mut total = 0.0;
         fresh_reused = 0;
         for c in &cands {
-            engine.model_mut(id)?.kv.clear_prefix_cache();
+            engine.model_mut(id)?.clear_prefix_cache();
             let t = Instant::now();
             let o = engine.score(id, std::slice::from_ref(c))?;
             sync(&s.device)?;
@@ -1257,22 +1246,13 @@ fn score(a: ScoreArgs) -> Result<()> {
                 "reused_tokens": fresh_reused,
             },
             "speedup": speedup,
-            "engine_stats": engine.model(id)?.stats,
+            "engine_stats": engine.model(id)?.stats(),
         }),
     )
 }
 
 // ---------------------------------------------------------------------------------------------
 // synth
-
-fn parse_method(s: &str) -> Result<Method> {
-    for m in [Method::Cord, Method::Greedy, Method::Curation, Method::Mcts] {
-        if m.as_str().eq_ignore_ascii_case(s) {
-            return Ok(m);
-        }
-    }
-    bail!("unknown method `{s}` (expected cord, greedy, curation or mcts)")
-}
 
 fn synth(a: SynthArgs) -> Result<()> {
     check_repeat(&a.common)?;
@@ -1283,7 +1263,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     let mut pool = PoolConfig::from_file(&a.pool)?;
     pool.apply_overrides(&SearchOverrides {
-        method: a.method.as_deref().map(parse_method).transpose()?,
+        method: a.method,
         beam_width: a.beam_width,
         think_budget: a.think_budget,
         answer_budget: a.answer_budget,

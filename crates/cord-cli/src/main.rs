@@ -4,9 +4,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
-use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest};
+use cord_runtime::engine::{
+    DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest, parse_dtype,
+};
+use cord_runtime::memory::{DEFAULT_GPU_MEMORY_FRACTION, DEFAULT_KV_MIB};
 use cord_runtime::sampling::SamplingParams;
 
 mod bench;
@@ -87,10 +89,10 @@ struct ModelArgs {
     #[arg(long)]
     dequantize: bool,
     /// KV cache memory for the model, in MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
     /// Share of a GPU's memory that weights + KV may take.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULT_GPU_MEMORY_FRACTION)]
     gpu_memory_fraction: f64,
 }
 
@@ -104,21 +106,17 @@ impl ModelArgs {
     fn options(&self) -> Result<ModelOptions> {
         Ok(ModelOptions {
             device: DeviceSpec::parse(&self.device)?,
-            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            dtype: self
+                .dtype
+                .as_deref()
+                .map(parse_dtype)
+                .transpose()?
+                .flatten(),
             dequantize: self.dequantize,
             kv_memory: self.kv_mib << 20,
             ..ModelOptions::default()
         })
     }
-}
-
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
-    })
 }
 
 #[derive(Args)]

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use cord_decode::io::read_problems;
+use cord_decode::io::{parse_record_line, read_problems};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -97,7 +97,7 @@ pub fn merge(sources: &[Source], order: Option<&[String]>) -> Result<Merged> {
                 continue;
             }
             let at = format!("{}:{}", src.name, i + 1);
-            let parsed = parse_record(raw);
+            let parsed = parse_record_line(raw);
             let (id, pool, value) = match parsed {
                 Ok(x) => x,
                 Err(e) if Some(i) == last => {
@@ -184,23 +184,6 @@ pub fn merge(sources: &[Source], order: Option<&[String]>) -> Result<Merged> {
         out.ids.push(id);
     }
     Ok(out)
-}
-
-/// (id, config.pool, value) of one record line.
-fn parse_record(raw: &str) -> std::result::Result<(String, String, Value), String> {
-    let v: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-    let id = v
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or("no string `id`")?
-        .to_string();
-    let pool = v
-        .get("config")
-        .and_then(|c| c.get("pool"))
-        .and_then(Value::as_str)
-        .ok_or("no `config.pool` fingerprint")?
-        .to_string();
-    Ok((id, pool, v))
 }
 
 /// The first 10 items, comma-separated, then how many more.

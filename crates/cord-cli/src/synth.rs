@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use cord_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::io::{
     OutputMode, Problem, RecordWriter, list_bad_lines, parse_problems, scan_problems_file,
 };
 use cord_decode::{Progress, RecordSink, Settings, Summary};
+use cord_runtime::memory::DEFAULT_GPU_MEMORY_FRACTION;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -41,8 +42,8 @@ pub struct SynthArgs {
 #[derive(Args, Clone, Default)]
 pub struct RunArgs {
     /// cord | greedy | curation | mcts
-    #[arg(long)]
-    pub(crate) method: Option<String>,
+    #[arg(long, value_parser = |s: &str| choice::<Method>(s, "method"))]
+    pub(crate) method: Option<Method>,
     #[arg(long)]
     pub(crate) beam_width: Option<usize>,
     #[arg(long)]
@@ -90,10 +91,10 @@ pub struct RunArgs {
     pub(crate) device: Option<String>,
     /// KV cache memory per model, MiB, or `auto`: on a GPU, what the device's budget leaves after
     /// the weights of its models (and an activation reserve), split evenly; 2048 MiB on the CPU.
-    #[arg(long, default_value = "2048", value_parser = parse_kv_mib)]
+    #[arg(long, default_value_t = KvMemory::default(), value_parser = parse_kv_mib)]
     pub(crate) kv_mib: KvMemory,
     /// Share of each GPU's memory that the weights + KV pools placed on it may take.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULT_GPU_MEMORY_FRACTION)]
     pub(crate) gpu_memory_fraction: f64,
     /// Write the run summary (and per-model engine counters) as JSON here.
     #[arg(long)]
@@ -134,19 +135,26 @@ fn parse_kv_mib(s: &str) -> std::result::Result<KvMemory, String> {
         .ok_or_else(|| format!("`{s}` is neither a number of MiB nor `auto`"))
 }
 
-fn parse_method(s: &str) -> Result<Method> {
-    for m in [Method::Cord, Method::Greedy, Method::Curation, Method::Mcts] {
-        if m.as_str().eq_ignore_ascii_case(s) {
-            return Ok(m);
-        }
-    }
-    bail!("unknown method `{s}` (expected cord, greedy, curation or mcts)")
+/// A value of a clap value enum, or an error naming `what` and the values it takes.
+pub(crate) fn choice<T: clap::ValueEnum>(s: &str, what: &str) -> std::result::Result<T, String> {
+    T::from_str(s, true).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        let (last, rest) = names.split_last().expect("a value enum has values");
+        format!(
+            "unknown {what} `{s}` (expected {} or {last})",
+            rest.join(", ")
+        )
+    })
 }
 
 impl RunArgs {
     fn overrides(&self) -> Result<SearchOverrides> {
         Ok(SearchOverrides {
-            method: self.method.as_deref().map(parse_method).transpose()?,
+            method: self.method,
             beam_width: self.beam_width,
             think_budget: self.think_budget,
             answer_budget: self.answer_budget,

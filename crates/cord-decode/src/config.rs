@@ -1,7 +1,7 @@
 //! The pool file: search settings, the scorer and the teachers (TOML).
 //!
-//! Every recommended choice O-1..O-27 of the method specification is the default of a key here,
-//! so that other readings can be tried. Unknown keys are errors (the TOML error names them), and
+//! Every choice the code makes in reading the method (O-1..O-26, listed in docs/method.md) is the
+//! default of a key here, so that other readings can be tried. Unknown keys are errors (the TOML error names them), and
 //! values out of range are reported with the key that holds them.
 
 use std::collections::HashSet;
@@ -18,6 +18,7 @@ pub const DEFAULT_SUFFIX: &str = " </think> The final answer is ";
 
 /// The search algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Collaborative step-wise beam search (the paper's method).
@@ -42,23 +43,9 @@ impl Method {
     }
 }
 
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cord" => Ok(Method::Cord),
-            "greedy" => Ok(Method::Greedy),
-            "curation" => Ok(Method::Curation),
-            "mcts" => Ok(Method::Mcts),
-            _ => Err(format!(
-                "unknown method {s:?} (expected cord, greedy, curation or mcts)"
-            )),
-        }
-    }
-}
-
 /// How the reasoning is split into steps (section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum StepUnit {
     /// `### Step {t}.` headers written by the orchestrator (the paper's choice).
@@ -80,22 +67,9 @@ impl StepUnit {
     }
 }
 
-impl std::str::FromStr for StepUnit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "prompt-guided" => Ok(StepUnit::PromptGuided),
-            "line-break" => Ok(StepUnit::LineBreak),
-            "cue-phrase" => Ok(StepUnit::CuePhrase),
-            _ => Err(format!(
-                "unknown step unit {s:?} (expected prompt-guided, line-break or cue-phrase)"
-            )),
-        }
-    }
-}
-
 /// Who scores candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ScorerKind {
     /// One meta-prover scores every candidate (the paper).

@@ -1,5 +1,24 @@
 //! CoRD: collaborative step-wise multi-teacher beam search (sections 6-7), as a state machine.
 //! Greedy decoding is the same search with width 1.
+//!
+//! The algorithm, with the [`State`] each part runs in:
+//!
+//! ```text
+//! live = [the prompt alone]; finished = []                      (O-7)
+//! for t in 1.. {                                                 Expand
+//!     for each live beam b, each teacher k with think-budget room:
+//!         propose b + header(t) with k, stopping at the step's end   Proposing
+//!     an empty proposal is asked for once more                   Resample   (O-11)
+//!     candidates = usable proposals, identical texts merged,     Candidates (O-10)
+//!                  junk rejected by the filter
+//!     if none: every beam dropped -> Failed (none finished) or Answer
+//!     score each candidate with the scorer(s)                    Scoring    (O-14)
+//!     live = top B - |finished| candidates; finished += done ones   (O-8, O-12)
+//!     if live is empty: break; if t = max_steps: ForceAll (close every live beam, score)
+//! }
+//! answer after the best finished trajectory                      Answer, Answering (O-18)
+//! record it                                                      Finished
+//! ```
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,9 +46,9 @@ struct Beam {
     teacher: usize,
 }
 
-/// One (live beam, teacher) pair of the current step.
+/// One expansion of the current step: a live beam continued by one teacher.
 #[derive(Debug, Clone)]
-struct Slot {
+struct Expansion {
     rank: usize,
     teacher: usize,
     header: String,
@@ -43,7 +62,7 @@ struct Slot {
     tokens: usize,
 }
 
-impl Slot {
+impl Expansion {
     /// The slot gives no candidate: its step is empty or was rejected.
     fn unusable(&self) -> bool {
         !self.no_room && (self.rejected.is_some() || self.outcome == Some(StepOutcome::Blank))
@@ -70,16 +89,16 @@ struct Cand {
 enum State {
     Expand,
     Proposing {
-        slots: Vec<Slot>,
+        slots: Vec<Expansion>,
         pending: Vec<usize>,
         resample: bool,
     },
     Resample {
-        slots: Vec<Slot>,
+        slots: Vec<Expansion>,
         pending: Vec<usize>,
     },
     Candidates {
-        slots: Vec<Slot>,
+        slots: Vec<Expansion>,
     },
     /// Force-close every live beam (max steps reached, or every candidate was dropped).
     ForceAll {
@@ -145,7 +164,7 @@ impl CordSearch {
         }
     }
 
-    fn propose_request(&self, slot: &Slot, purpose: Purpose) -> ProposeRequest {
+    fn propose_request(&self, slot: &Expansion, purpose: Purpose) -> ProposeRequest {
         let b = &self.live[slot.rank];
         let prefix = format!("{}{}", b.reasoning, slot.header);
         ProposeRequest {
@@ -177,7 +196,7 @@ impl CordSearch {
             for k in 0..self.s.num_teachers() {
                 let cap = self.s.step_caps[k];
                 let room = self.s.room(backend, k, &prefix, cap)?;
-                let mut slot = Slot {
+                let mut slot = Expansion {
                     rank,
                     teacher: k,
                     header: header.clone(),
@@ -216,7 +235,7 @@ impl CordSearch {
     }
 
     /// Candidates of this step in (parent rank, teacher) order, duplicates merged (O-10).
-    fn candidates(&mut self, slots: Vec<Slot>) -> Vec<Cand> {
+    fn candidates(&mut self, slots: Vec<Expansion>) -> Vec<Cand> {
         let mut cands: Vec<Cand> = Vec::new();
         for slot in slots {
             if slot.rejected.is_some() {
@@ -359,7 +378,7 @@ impl CordSearch {
     }
 
     /// Filters a slot's new step: a rejection is counted and written to the tree.
-    fn check_slot(&mut self, slot: &Slot, out: &StepOutcome) -> Option<Reject> {
+    fn check_slot(&mut self, slot: &Expansion, out: &StepOutcome) -> Option<Reject> {
         let parent = &self.live[slot.rank];
         let why = match out {
             StepOutcome::Blank => {
@@ -395,10 +414,10 @@ impl CordSearch {
     }
 
     /// Counts the beams left without a candidate and says why, for a failed record.
-    fn dropped_beams(&mut self, slots: &[Slot]) -> String {
+    fn dropped_beams(&mut self, slots: &[Expansion]) -> String {
         let mut reasons: Vec<String> = Vec::new();
         for rank in 0..self.live.len() {
-            let of_beam: Vec<&Slot> = slots.iter().filter(|sl| sl.rank == rank).collect();
+            let of_beam: Vec<&Expansion> = slots.iter().filter(|sl| sl.rank == rank).collect();
             if !of_beam.is_empty() && of_beam.iter().all(|sl| sl.unusable()) {
                 if self.s.filter.enabled {
                     self.stats.beams_dropped += 1;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::{AttemptOutcome, Problem, Record, RecordSink};
-use crate::search::{Need, Reply, Search, Settings, new_search};
+use crate::search::{Need, Reply, Search, Settings, expect_len, new_search};
 
 /// Progress after each finished problem (for a progress bar).
 #[derive(Debug, Clone)]
@@ -198,20 +198,20 @@ pub fn run_sinks(
         let mut proposes = Vec::new();
         let mut scores = Vec::new();
         let mut answers = Vec::new();
-        let mut owners: Vec<(usize, u8, usize)> = Vec::new(); // (active idx, kind, count)
+        let mut owners: Vec<(usize, Kind, usize)> = Vec::new(); // (active idx, kind, count)
         let mut finished = Vec::new();
         for (a, act) in active.iter_mut().enumerate() {
             match act.search.poll(backend)? {
                 Need::Propose(r) => {
-                    owners.push((a, 0, r.len()));
+                    owners.push((a, Kind::Propose, r.len()));
                     proposes.extend(r);
                 }
                 Need::Score(r) => {
-                    owners.push((a, 1, r.len()));
+                    owners.push((a, Kind::Score, r.len()));
                     scores.extend(r);
                 }
                 Need::Answer(r) => {
-                    owners.push((a, 2, r.len()));
+                    owners.push((a, Kind::Answer, r.len()));
                     answers.extend(r);
                 }
                 Need::Done(rec) => finished.push((a, rec)),
@@ -221,28 +221,28 @@ pub fn run_sinks(
             Vec::new()
         } else {
             summary.propose_calls += 1;
-            check(backend.propose(&proposes)?, proposes.len(), "proposals")?
+            expect_len(backend.propose(&proposes)?, proposes.len(), "proposals")?
         }
         .into_iter();
         let mut score_res = if scores.is_empty() {
             Vec::new()
         } else {
             summary.score_calls += 1;
-            check(backend.score(&scores)?, scores.len(), "scores")?
+            expect_len(backend.score(&scores)?, scores.len(), "scores")?
         }
         .into_iter();
         let mut ans_res = if answers.is_empty() {
             Vec::new()
         } else {
             summary.answer_calls += 1;
-            check(backend.answer(&answers)?, answers.len(), "answers")?
+            expect_len(backend.answer(&answers)?, answers.len(), "answers")?
         }
         .into_iter();
         for (a, kind, n) in owners {
             let reply = match kind {
-                0 => Reply::Proposals(prop_res.by_ref().take(n).collect()),
-                1 => Reply::Scores(score_res.by_ref().take(n).collect()),
-                _ => Reply::Answers(ans_res.by_ref().take(n).collect()),
+                Kind::Propose => Reply::Proposals(prop_res.by_ref().take(n).collect()),
+                Kind::Score => Reply::Scores(score_res.by_ref().take(n).collect()),
+                Kind::Answer => Reply::Answers(ans_res.by_ref().take(n).collect()),
             };
             active[a].search.feed(reply)?;
         }
@@ -336,12 +336,10 @@ pub fn run_sinks(
     Ok(summary)
 }
 
-fn check<T>(v: Vec<T>, n: usize, what: &str) -> Result<Vec<T>> {
-    if v.len() != n {
-        return Err(Error::Protocol(format!(
-            "backend returned {} {what} for {n} requests",
-            v.len()
-        )));
-    }
-    Ok(v)
+/// The kind of backend call a search's requests of one round go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Propose,
+    Score,
+    Answer,
 }

@@ -681,15 +681,25 @@ fn parse_existing(text: &[u8]) -> std::result::Result<Option<(String, String)>, 
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
+    let (id, pool, _) = parse_record_line(text)?;
+    Ok(Some((id, pool)))
+}
+
+/// One record line as JSON with its `id` and `config.pool` fingerprint (what resuming and
+/// merging key records by), or why it is not a record.
+pub fn parse_record_line(text: &str) -> std::result::Result<(String, String, Value), String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let id = v
         .get("id")
         .and_then(Value::as_str)
-        .ok_or("record has no string `id`")?;
+        .ok_or("record has no string `id`")?
+        .to_string();
     let pool = v
         .get("config")
         .and_then(|c| c.get("pool"))
         .and_then(Value::as_str)
-        .ok_or("record has no `config.pool`")?;
-    Ok(Some((id.to_string(), pool.to_string())))
+        .ok_or("record has no `config.pool`")?
+        .to_string();
+    Ok((id, pool, v))
 }

@@ -1,7 +1,8 @@
 //! cord-decode: CoRD (collaborative step-wise multi-teacher decoding) and its baselines as
-//! state machines over a text-level, batched [`backend::Backend`].
+//! state machines over a text-level, batched [`backend::Backend`]. The `O-n` labels in doc
+//! comments name the method's choices, listed in docs/method.md.
 //!
-//! - [`config`]: the pool file (teachers, scorer, search settings; every O-n default).
+//! - [`config`]: the pool file (teachers, scorer, search settings; every O-n default (docs/method.md)).
 //! - [`io`]: problems JSONL in, records JSONL out (resumable).
 //! - [`answer`]: answer extraction and comparison.
 //! - [`backend`]: the engine boundary and its contract.
@@ -12,11 +13,11 @@
 
 pub mod answer;
 pub mod backend;
+pub(crate) mod chunked;
 pub mod config;
 pub mod cord;
 pub mod curation;
 pub mod driver;
-pub mod engine_backend;
 pub mod error;
 pub mod hygiene;
 pub mod io;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::{Backend, ProposeRequest};
-use crate::curation::Chunked;
+use crate::chunked::Chunked;
 use crate::error::{Error, Result};
 use crate::hygiene::Reject;
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
@@ -50,7 +50,7 @@ impl Node {
 }
 
 #[derive(Debug, Clone)]
-struct ExpSlot {
+struct Expansion {
     teacher: usize,
     header: String,
     max_new: usize,
@@ -65,18 +65,18 @@ enum State {
     Simulate,
     Expanding {
         node: usize,
-        slots: Vec<ExpSlot>,
+        slots: Vec<Expansion>,
         pending: Vec<usize>,
         resample: bool,
     },
     Resample {
         node: usize,
-        slots: Vec<ExpSlot>,
+        slots: Vec<Expansion>,
         pending: Vec<usize>,
     },
     Expanded {
         node: usize,
-        slots: Vec<ExpSlot>,
+        slots: Vec<Expansion>,
     },
     Rollout {
         leaf: usize,
@@ -180,7 +180,7 @@ impl MctsSearch {
         best
     }
 
-    fn propose_request(&self, n: usize, slot: &ExpSlot, purpose: Purpose) -> ProposeRequest {
+    fn propose_request(&self, n: usize, slot: &Expansion, purpose: Purpose) -> ProposeRequest {
         let node = &self.nodes[n];
         ProposeRequest {
             teacher: slot.teacher,
@@ -226,7 +226,7 @@ impl MctsSearch {
                 for k in 0..self.s.num_teachers() {
                     let cap = self.s.step_caps[k];
                     let room = self.s.room(backend, k, &prefix, cap)?;
-                    let slot = ExpSlot {
+                    let slot = Expansion {
                         teacher: k,
                         header: header.clone(),
                         max_new: cap.min(room),
@@ -290,7 +290,7 @@ impl MctsSearch {
         };
     }
 
-    fn build_children(&mut self, n: usize, slots: Vec<ExpSlot>) {
+    fn build_children(&mut self, n: usize, slots: Vec<Expansion>) {
         let parent_reasoning = self.nodes[n].reasoning.clone();
         let depth = self.nodes[n].depth + 1;
         self.nodes[n].expanded = true;

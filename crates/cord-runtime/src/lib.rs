@@ -19,4 +19,4 @@ pub mod threads;
 pub use chat::{ChatError, ChatTemplate};
 pub use logprob::{TokenLogprob, token_logprobs};
 pub use sampling::{Sampler, SamplingError, SamplingParams};
-pub use stop::{FinishReason, Finished, StepOutput, StopChecker, StopConfig, StopError, StopMatch};
+pub use stop::{Finish, Finished, StepOutput, StopChecker, StopConfig, StopError, StopMatch};

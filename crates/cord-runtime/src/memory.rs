@@ -8,6 +8,82 @@
 
 use std::fmt::Write as _;
 
+use candle_core::DType;
+
+use crate::engine::{DeviceSpec, Engine, EngineError};
+
+/// KV cache MiB per model when none is given (the engine's models, `cord synth`, `cord generate`).
+pub const DEFAULT_KV_MIB: u64 = 2048;
+
+/// Share of a GPU's total memory that weights + KV pools may take when none is given.
+pub const DEFAULT_GPU_MEMORY_FRACTION: f64 = 0.9;
+
+/// KV bytes per model of [`KvMemory::Auto`] on the CPU.
+pub const CPU_AUTO_KV: u64 = 2 << 30;
+
+/// How much KV cache memory each model gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvMemory {
+    /// This many bytes per model.
+    Fixed(u64),
+    /// On a GPU: what the device budget leaves after the weights of the models placed there (and
+    /// an activation reserve), split evenly between them ([`auto_kv_bytes`]).
+    /// On the CPU: [`CPU_AUTO_KV`] per model.
+    Auto,
+}
+
+/// [`DEFAULT_KV_MIB`] per model.
+impl Default for KvMemory {
+    fn default() -> Self {
+        KvMemory::Fixed(DEFAULT_KV_MIB << 20)
+    }
+}
+
+/// As `--kv-mib` takes it: MiB, or `auto`.
+impl std::fmt::Display for KvMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvMemory::Fixed(b) => write!(f, "{}", b >> 20),
+            KvMemory::Auto => write!(f, "auto"),
+        }
+    }
+}
+
+impl Engine {
+    /// KV pool bytes for each of `models` (spec, dtype; `None` = the device's default) about to
+    /// be placed on `device` (see [`KvMemory`]). With `Auto` on a GPU this opens the device and
+    /// reads every model's size off its files; [`EngineError::KvAuto`] when one is unknown or
+    /// the budget leaves too little.
+    pub fn kv_pool_bytes(
+        &mut self,
+        kv: KvMemory,
+        device: DeviceSpec,
+        models: &[(String, Option<DType>)],
+    ) -> Result<u64, EngineError> {
+        let bytes = match (kv, device) {
+            (KvMemory::Fixed(b), _) => return Ok(b),
+            (KvMemory::Auto, DeviceSpec::Cpu) => return Ok(CPU_AUTO_KV),
+            (KvMemory::Auto, DeviceSpec::Cuda(_)) => {
+                self.device(device)?;
+                let mut weights = Vec::with_capacity(models.len());
+                for (spec, dtype) in models {
+                    let dt = dtype.unwrap_or(device.default_dtype());
+                    let w = cord_models::estimate_weight_bytes(spec, dt, false).ok_or_else(|| {
+                        EngineError::KvAuto(format!(
+                            "the size of model `{spec}` is unknown before loading (not a local file or directory, not in the hub cache); give --kv-mib in MiB"
+                        ))
+                    })?;
+                    weights.push((spec.clone(), w));
+                }
+                let mem = self.memory(device).expect("opened above");
+                auto_kv_bytes(&device.to_string(), mem, &weights).map_err(EngineError::KvAuto)?
+            }
+        };
+        tracing::info!(%device, kv_mib = bytes >> 20, "KV pool per model (auto)");
+        Ok(bytes)
+    }
+}
+
 /// What one model takes on its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {

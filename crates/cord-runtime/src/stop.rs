@@ -2,10 +2,10 @@
 //!
 //! A [`StopChecker`] is fed the sampled token ids one at a time ([`StopChecker::push`]) and keeps
 //! the text decoded so far. It stops on
-//! * an EOS id ([`FinishReason::Eos`]; the EOS token adds no text),
-//! * a stop string found in the **decoded text** ([`FinishReason::Stop`]); a stop string may span
+//! * an EOS id ([`Finish::Eos`]; the EOS token adds no text),
+//! * a stop string found in the **decoded text** ([`Finish::Stop`]); a stop string may span
 //!   several tokens and may start or end in the middle of a token,
-//! * `max_new_tokens` generated tokens ([`FinishReason::Length`]).
+//! * `max_new_tokens` generated tokens ([`Finish::Length`]).
 //!
 //! Decoding uses the prefix-offset / read-offset scheme (as in TGI and vLLM): each step decodes the
 //! window `ids[prefix_offset..]` and the previous window `ids[prefix_offset..read_offset]`, and the
@@ -36,14 +36,25 @@ pub enum StopError {
 }
 
 /// Why a sequence finished.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishReason {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
     /// An EOS token id was generated.
     Eos,
     /// The given stop string appeared in the decoded text.
     Stop(String),
     /// `max_new_tokens` tokens were generated.
     Length,
+}
+
+impl Finish {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Finish::Eos => "stop",
+            Finish::Stop(_) => "stop_string",
+            Finish::Length => "length",
+        }
+    }
 }
 
 /// What ends one sequence.
@@ -94,7 +105,7 @@ pub struct StopMatch {
 /// The end of a sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
-    pub reason: FinishReason,
+    pub reason: Finish,
     /// The final generated text: the whole decoded text for `Eos`/`Length`; for `Stop`, the text up
     /// to the match, with or without the stop string according to `include_stop_string`.
     pub text: String,
@@ -199,7 +210,7 @@ impl StopChecker {
             let m = self.find_stop(old_len);
             let reason = m
                 .as_ref()
-                .map_or(FinishReason::Eos, |m| FinishReason::Stop(m.stop.clone()));
+                .map_or(Finish::Eos, |m| Finish::Stop(m.stop.clone()));
             return Ok(self.finish(reason, m));
         }
         self.ids.push(token);
@@ -207,14 +218,14 @@ impl StopChecker {
         self.ends.push(usize::MAX);
         self.decode_step(tokenizer, false)?;
         if let Some(m) = self.find_stop(old_len) {
-            return Ok(self.finish(FinishReason::Stop(m.stop.clone()), Some(m)));
+            return Ok(self.finish(Finish::Stop(m.stop.clone()), Some(m)));
         }
         if self.ends.len() >= self.cfg.max_new_tokens {
             self.flush(tokenizer)?;
             let m = self.find_stop(old_len);
             let reason = m
                 .as_ref()
-                .map_or(FinishReason::Length, |m| FinishReason::Stop(m.stop.clone()));
+                .map_or(Finish::Length, |m| Finish::Stop(m.stop.clone()));
             return Ok(self.finish(reason, m));
         }
         let safe = self.text.len() - self.stop_prefix_suffix_len();
@@ -326,7 +337,7 @@ impl StopChecker {
             .unwrap_or(0)
     }
 
-    fn finish(&mut self, reason: FinishReason, m: Option<StopMatch>) -> StepOutput {
+    fn finish(&mut self, reason: Finish, m: Option<StopMatch>) -> StepOutput {
         self.finished = true;
         let num_tokens = self.ends.len();
         let (cut, tokens_to_keep) = match &m {

@@ -3,6 +3,7 @@
 //! preempts instead of failing, stop strings across token boundaries, and scoring against a plain
 //! full forward.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{D, DType, Device};
@@ -10,7 +11,8 @@ use cord_kv::KvCache;
 use cord_models::{LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
 use cord_runtime::SamplingParams;
 use cord_runtime::engine::{
-    DeviceSpec, Engine, Finish, GenOutput, GenRequest, ModelId, ModelOptions, ScoreRequest,
+    DeviceSpec, Engine, Event, Finish, GenOutput, GenRequest, ModelId, ModelOptions, RequestId,
+    ScoreRequest,
 };
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -179,7 +181,7 @@ fn sampled_output_is_the_same_alone_and_inside_a_batch() {
     let batch = e.generate(id, &reqs).unwrap();
     assert_varied(&batch);
     same_outputs(&alone, &batch[target..=target], "alone vs batch of 9");
-    assert!(e.model(id).unwrap().stats.forward_calls >= 24);
+    assert!(e.model(id).unwrap().stats().forward_calls >= 24);
 
     // The seed matters: the same prompt with another seed samples something else.
     let mut other = reqs[target].clone();
@@ -202,7 +204,7 @@ fn chunked_prefill_gives_the_same_outputs() {
     let small = e.generate(id, &reqs).unwrap();
     same_outputs(&big, &small, "max_batch_tokens 4096 vs 5");
     // Small budget: prompts of up to 28 tokens took several forwards each.
-    let calls_small = e.model(id).unwrap().stats.forward_calls;
+    let calls_small = e.model(id).unwrap().stats().forward_calls;
     assert!(calls_small > 16 + 20, "forward calls {calls_small}");
 }
 
@@ -222,7 +224,7 @@ fn prefix_cache_is_reused_across_generate_calls() {
     );
     assert!(second[0].reused_tokens < second[0].prompt_tokens);
     same_outputs(&first, &second, "first vs cached");
-    let stats = &e.model(id).unwrap().stats;
+    let stats = e.model(id).unwrap().stats();
     assert_eq!(stats.reused_tokens, second[0].reused_tokens as u64);
     assert_eq!(stats.prompt_tokens, 44);
 }
@@ -243,10 +245,10 @@ fn kv_pool_exhaustion_preempts_and_gives_the_same_results() {
     let (mut e, id) = engine_with(&model, &opts(per_block * 100_000, 1024));
     let big = e.generate(id, &reqs).unwrap();
     assert_varied(&big);
-    assert_eq!(e.model(id).unwrap().stats.preemptions, 0);
+    assert_eq!(e.model(id).unwrap().stats().preemptions, 0);
 
     let (mut e, id) = engine_with(&model, &opts(per_block * small_blocks as u64, 1024));
-    assert_eq!(e.model(id).unwrap().kv.num_blocks(), small_blocks);
+    assert_eq!(e.model(id).unwrap().kv().num_blocks(), small_blocks);
     // On a worker thread with a deadline: a scheduler that keeps re-admitting the sequence it
     // just preempted never finishes, and that must fail the test rather than hang it.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -260,7 +262,7 @@ fn kv_pool_exhaustion_preempts_and_gives_the_same_results() {
         .expect("generate with a small KV pool did not finish within 120 s (livelock?)");
     let small = small.unwrap();
     same_outputs(&big, &small, "large pool vs small pool");
-    let preemptions = e.model(id).unwrap().stats.preemptions;
+    let preemptions = e.model(id).unwrap().stats().preemptions;
     eprintln!("{working_blocks} blocks of work, pool {small_blocks}: {preemptions} preemptions");
     assert!(
         preemptions > 0,
@@ -417,7 +419,7 @@ fn score_matches_a_full_forward_and_reuses_the_context() {
         expected_total += cont.len();
     }
     assert_eq!(
-        e.model(id).unwrap().stats.scored_tokens,
+        e.model(id).unwrap().stats().scored_tokens,
         expected_total as u64
     );
 
@@ -468,4 +470,114 @@ fn models_that_do_not_fit_the_device_budget_are_refused() {
     e.set_memory_budget(DeviceSpec::Cpu, 3 * (weights + (1 << 20)));
     e.add_loaded("b", m, &o).unwrap();
     assert_eq!(e.memory(DeviceSpec::Cpu).unwrap().placed.len(), 2);
+}
+
+/// Steps `id`'s scheduler until it is idle; the outputs of the requests that finished, by id.
+fn step_until_idle(e: &mut Engine, id: ModelId) -> BTreeMap<RequestId, GenOutput> {
+    let mut done = BTreeMap::new();
+    let mut s = e.scheduler(id).unwrap();
+    for _ in 0..10_000 {
+        if s.is_idle() {
+            return done;
+        }
+        for ev in s.step().unwrap() {
+            if let Event::Finished { id, output } = ev {
+                assert!(done.insert(id, output).is_none(), "{id:?} finished twice");
+            }
+        }
+    }
+    panic!("the scheduler did not become idle");
+}
+
+/// The scheduler's state once idle: nothing live, no KV sequence, every block either free or
+/// in the prefix cache, and all free once the prefix cache is dropped.
+fn assert_no_leak(e: &mut Engine, id: ModelId) {
+    let st = e.scheduler(id).unwrap().stats();
+    assert_eq!(st.live, 0, "{st:?}");
+    assert_eq!(st.kv_sequences, 0, "{st:?}");
+    assert_eq!(st.free_blocks + st.cached_blocks, st.total_blocks, "{st:?}");
+    e.model_mut(id).unwrap().clear_prefix_cache();
+    let st = e.scheduler(id).unwrap().stats();
+    assert_eq!(st.free_blocks, st.total_blocks, "{st:?}");
+}
+
+#[test]
+fn a_request_added_mid_flight_samples_what_it_samples_alone() {
+    let model = loaded(8);
+    let reqs = mixed_requests(20);
+    let (first, late) = (&reqs[6], &reqs[2]);
+
+    let (mut e, id) = engine_with(&model, &opts(1 << 22, 1024));
+    let alone = e
+        .generate(id, &[first.clone(), late.clone()])
+        .unwrap()
+        .into_iter()
+        .map(|o| e_output(&o))
+        .collect::<Vec<_>>();
+
+    // `first` decodes for a few steps before `late` arrives; a chunk budget of 8 tokens makes
+    // `late`'s prefill run in pieces beside `first`'s decode.
+    let (mut e, id) = engine_with(&model, &opts(1 << 22, 8));
+    let mut s = e.scheduler(id).unwrap();
+    let a = s.add(first).unwrap();
+    let mut text_a = String::new();
+    for _ in 0..8 {
+        for ev in s.step().unwrap() {
+            match ev {
+                Event::Text { id, text } if id == a => text_a.push_str(&text),
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    assert!(!text_a.is_empty(), "first request produced no text yet");
+    let b = s.add(late).unwrap();
+    assert!(b > a);
+    assert_eq!(s.stats().live, 2);
+    let done = step_until_idle(&mut e, id);
+    assert_eq!(done.len(), 2);
+    assert_eq!(e_output(&done[&a]), alone[0], "request decoding before");
+    assert_eq!(e_output(&done[&b]), alone[1], "request added mid-flight");
+    assert!(done[&a].text.starts_with(&text_a));
+    assert_no_leak(&mut e, id);
+}
+
+/// What must not depend on the batch: text, tokens, finish.
+fn e_output(o: &GenOutput) -> (String, Vec<u32>, Finish) {
+    (o.text.clone(), o.token_ids.clone(), o.finish.clone())
+}
+
+#[test]
+fn cancel_frees_the_sequence_at_once() {
+    let model = loaded(9);
+    let reqs = mixed_requests(30);
+    let (mut e, id) = engine_with(&model, &opts(1 << 22, 1024));
+    let total = e.model(id).unwrap().kv().num_blocks();
+    let mut s = e.scheduler(id).unwrap();
+    let a = s.add(&reqs[8]).unwrap();
+    let b = s.add(&reqs[3]).unwrap();
+    for _ in 0..5 {
+        s.step().unwrap();
+    }
+    let held = s.stats();
+    assert_eq!((held.live, held.kv_sequences), (2, 2), "{held:?}");
+    assert!(s.cancel(a).unwrap());
+    let after = s.stats();
+    assert_eq!((after.live, after.kv_sequences), (1, 1), "{after:?}");
+    assert!(
+        after.free_blocks + after.cached_blocks > held.free_blocks + held.cached_blocks
+            || after.free_blocks > held.free_blocks,
+        "cancel freed nothing: {held:?} -> {after:?}"
+    );
+    // Cancelled twice, or an id that never was: nothing to do.
+    assert!(!s.cancel(a).unwrap());
+    assert!(!s.cancel(RequestId(999)).unwrap());
+    let done = step_until_idle(&mut e, id);
+    assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![b]);
+    assert_eq!(done[&b].completion_tokens, 30);
+    assert_eq!(e.model(id).unwrap().kv().num_blocks(), total);
+    assert_no_leak(&mut e, id);
+    // The model serves the same as before after a cancel.
+    let (mut fresh, fid) = engine_with(&model, &opts(1 << 22, 1024));
+    let want = fresh.generate(fid, &reqs[3..4]).unwrap();
+    same_outputs(&want, &[done[&b].clone()], "after a cancel vs fresh");
 }

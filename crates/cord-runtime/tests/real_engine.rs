@@ -259,7 +259,7 @@ fn chat_template_with_prefill_generates_on_qwen() {
     let im_start = e
         .model(id)
         .unwrap()
-        .loaded
+        .loaded()
         .tokenizer
         .token_to_id("<|im_start|>");
     assert!(im_start.is_some() && tokens.contains(&im_start.unwrap()));

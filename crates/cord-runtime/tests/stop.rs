@@ -2,7 +2,7 @@
 //! SentencePiece-style one (byte fallback, `▁` spaces, leading-space strip) and a GPT-2 style
 //! byte-level one.
 
-use cord_runtime::stop::{FinishReason, StopChecker, StopConfig, StopError};
+use cord_runtime::stop::{Finish, StopChecker, StopConfig, StopError};
 use proptest::prelude::*;
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -161,7 +161,7 @@ fn stop_string_spanning_tokens_and_starting_mid_token() {
     // "#" after ".\n" could start the stop string: held back, never shown.
     assert_eq!(deltas, ["The", " answer", " is", " 4", ".\n", "", "", ""]);
     let fin = fin.expect("stopped");
-    assert_eq!(fin.reason, FinishReason::Stop("### Step".into()));
+    assert_eq!(fin.reason, Finish::Stop("### Step".into()));
     assert_eq!(fin.text, "The answer is 4.\n");
     let m = fin.stop_match.clone().unwrap();
     assert_eq!((m.start, m.end), (17, 25));
@@ -225,7 +225,7 @@ fn think_close_as_one_added_token_or_as_pieces() {
         let mut c = StopChecker::new(cfg(&["</think>"]));
         let (out, fin) = run(&sp.tok, &mut c, &sp.ids(toks));
         let fin = fin.unwrap_or_else(|| panic!("{toks:?}"));
-        assert_eq!(fin.reason, FinishReason::Stop("</think>".into()));
+        assert_eq!(fin.reason, Finish::Stop("</think>".into()));
         assert_eq!((out.as_str(), fin.text.as_str()), ("x", "x"));
         let m = fin.stop_match.unwrap();
         assert_eq!((m.tokens_before, m.tokens_through), (1, toks.len() - 1));
@@ -242,7 +242,7 @@ fn eos_and_length() {
         &[sp.id("▁The"), sp.id("#"), 2, sp.id("▁x")],
     );
     let fin = fin.unwrap();
-    assert_eq!(fin.reason, FinishReason::Eos);
+    assert_eq!(fin.reason, Finish::Eos);
     assert_eq!((out.as_str(), fin.text.as_str()), ("The#", "The#"));
     assert_eq!((fin.num_tokens, fin.tokens_to_keep), (3, 3));
     assert!(fin.stop_match.is_none());
@@ -253,7 +253,7 @@ fn eos_and_length() {
     });
     let (out, fin) = run(&sp.tok, &mut c, &sp.ids(&["▁The", "▁answer", "#", "▁x"]));
     let fin = fin.unwrap();
-    assert_eq!(fin.reason, FinishReason::Length);
+    assert_eq!(fin.reason, Finish::Length);
     // The held-back "#" is flushed at the end.
     assert_eq!(
         (out.as_str(), fin.text.as_str(), fin.num_tokens),
@@ -267,7 +267,7 @@ fn eos_and_length() {
     });
     let ids = sp.ids(&["▁x", "0xE2", "0x82"]);
     let (out, fin) = run(&sp.tok, &mut c, &ids);
-    assert_eq!(fin.unwrap().reason, FinishReason::Length);
+    assert_eq!(fin.unwrap().reason, Finish::Length);
     assert_eq!(out, sp.tok.decode(&ids, true).unwrap());
     assert!(out.starts_with('x') && out.ends_with('\u{FFFD}'));
 }
@@ -300,7 +300,7 @@ fn earliest_match_wins_and_empty_stop_strings_are_ignored() {
     let mut c = StopChecker::new(cfg(&["", "b a", "ab"]));
     let (_, fin) = run(&sp.tok, &mut c, &sp.ids(&["▁x", "a", "b", "▁a", "▁2"]));
     let fin = fin.unwrap();
-    assert_eq!(fin.reason, FinishReason::Stop("ab".into()));
+    assert_eq!(fin.reason, Finish::Stop("ab".into()));
     assert_eq!(fin.text, "x");
 }
 
@@ -369,7 +369,7 @@ fn byte_level_decoder_partial_characters() {
     });
     let (out, fin) = run(&tok, &mut c, &[0, 2, 3, 4, 5, 6]);
     let fin = fin.unwrap();
-    assert_eq!(fin.reason, FinishReason::Stop("€! ###".into()));
+    assert_eq!(fin.reason, Finish::Stop("€! ###".into()));
     assert_eq!((out.as_str(), fin.text.as_str()), ("Hello", "Hello"));
     let m = fin.stop_match.unwrap();
     // "€" takes three tokens; "!" rides on the third; " ###" is token 5.
@@ -409,7 +409,7 @@ proptest! {
         let mut c = StopChecker::new(StopConfig { max_new_tokens: ids.len(), ..cfg(&[]) });
         let (out, fin) = run(&sp.tok, &mut c, &ids);
         let fin = fin.unwrap();
-        prop_assert_eq!(fin.reason, FinishReason::Length);
+        prop_assert_eq!(fin.reason, Finish::Length);
         let full = sp.tok.decode(&ids, true).unwrap();
         prop_assert!(!full.contains(char::REPLACEMENT_CHARACTER), "{:?}", full);
         prop_assert_eq!(&out, &full);
@@ -429,7 +429,7 @@ proptest! {
         let full = sp.tok.decode(&ids, true).unwrap();
         match full.find(stop) {
             Some(pos) => {
-                prop_assert_eq!(&fin.reason, &FinishReason::Stop(stop.to_string()));
+                prop_assert_eq!(&fin.reason, &Finish::Stop(stop.to_string()));
                 prop_assert_eq!(&out, &full[..pos]);
                 prop_assert_eq!(&fin.text, &full[..pos]);
                 let m = fin.stop_match.unwrap();
@@ -443,7 +443,7 @@ proptest! {
                 prop_assert_eq!(fin.num_tokens, m.tokens_through);
             }
             None => {
-                prop_assert_eq!(fin.reason, FinishReason::Length);
+                prop_assert_eq!(fin.reason, Finish::Length);
                 prop_assert_eq!(&out, &full);
             }
         }

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use cord_backend::{BackendOptions, EngineBackend, KvMemory, Parallel};
 use cord_decode::config::DEFAULT_SUFFIX;
 use cord_decode::driver;
-use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory, Parallel};
 use cord_decode::io::{OutputMode, Problem, Record, RecordWriter, ResumeInfo, read_problems};
 use cord_decode::search::{Settings, score_context};
 use cord_decode::{
@@ -546,7 +546,7 @@ fn engine_backend_contract_on_tiny_models() {
     // or the prefill does (llama).
     for m in b.engine().models() {
         let p = m.render(None, question, "<think>\n### Step 1.").unwrap();
-        assert_eq!(p.matches("<think>").count(), 1, "{}: {p:?}", m.name);
+        assert_eq!(p.matches("<think>").count(), 1, "{}: {p:?}", m.name());
         assert!(p.ends_with("assistant\n<think>\n### Step 1."), "{p:?}");
     }
 

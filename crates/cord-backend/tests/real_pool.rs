@@ -7,9 +7,9 @@ mod assets;
 
 use std::path::Path;
 
+use cord_backend::{BackendOptions, EngineBackend};
 use cord_decode::backend::{Backend, ScoreRequest};
 use cord_decode::config::PoolConfig;
-use cord_decode::engine_backend::{BackendOptions, EngineBackend};
 use cord_decode::io::{Problem, Record};
 
 const SUFFIX: &str = " </think> The final answer is ";

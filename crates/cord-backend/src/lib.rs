@@ -3,43 +3,25 @@
 //!
 //! Each distinct model (spec, device, dtype) is loaded once; teachers that share weights (a
 //! homogeneous pool) and a meta-prover that is also a teacher share that model, its KV cache and
-//! its prefix cache (O-26). Requests of one kind are grouped per model, so every model runs one
+//! its prefix cache. Requests of one kind are grouped per model, so every model runs one
 //! batched generation (or one batched scoring pass) per round over all problems and beams.
 
 use std::collections::BTreeMap;
 
 use candle_core::DType;
-pub use cord_runtime::engine::Parallel;
-use cord_runtime::engine::ScoreRequest as EngineScore;
-use cord_runtime::engine::{DeviceSpec, Engine, GenRequest, ModelId, ModelOptions, ModelStats};
-use cord_runtime::sampling::SamplingParams;
-
-use crate::backend::{
+use cord_decode::backend::{
     AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest,
 };
-use crate::config::{PoolConfig, ScorerModel};
-use crate::error::{Error, Result};
-
-/// How much KV cache memory each model gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvMemory {
-    /// This many bytes per model.
-    Fixed(u64),
-    /// On a GPU: what the device budget leaves after the weights of the models placed there (and
-    /// an activation reserve), split evenly between them ([`cord_runtime::memory::auto_kv_bytes`]).
-    /// On the CPU: [`CPU_AUTO_KV`] per model.
-    Auto,
-}
-
-/// 2048 MiB per model (the CLI's default).
-impl Default for KvMemory {
-    fn default() -> Self {
-        KvMemory::Fixed(2048 << 20)
-    }
-}
-
-/// KV bytes per model of [`KvMemory::Auto`] on the CPU.
-pub const CPU_AUTO_KV: u64 = 2 << 30;
+use cord_decode::config::{PoolConfig, ScorerModel};
+use cord_decode::error::{Error, Result};
+pub use cord_runtime::engine::Parallel;
+use cord_runtime::engine::ScoreRequest as EngineScore;
+use cord_runtime::engine::{
+    DeviceSpec, Engine, EngineError, GenRequest, ModelId, ModelOptions, ModelStats,
+};
+use cord_runtime::memory::DEFAULT_GPU_MEMORY_FRACTION;
+pub use cord_runtime::memory::{CPU_AUTO_KV, KvMemory};
+use cord_runtime::sampling::SamplingParams;
 
 /// Engine-level settings that are not part of the pool file.
 #[derive(Debug, Clone)]
@@ -53,18 +35,18 @@ pub struct BackendOptions {
     /// How models run concurrently within one round (default: one thread per device, so
     /// teachers on different GPUs decode at the same time).
     pub parallel: Parallel,
-    /// Share of each GPU's memory that weights + KV pools may take (default 0.9).
+    /// Share of each GPU's memory that weights + KV pools may take.
     pub gpu_memory_fraction: f64,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
-            kv_memory: KvMemory::Fixed(1 << 30),
-            max_batch_tokens: 1024,
+            kv_memory: KvMemory::default(),
+            max_batch_tokens: ModelOptions::default().max_batch_tokens,
             device_override: None,
             parallel: Parallel::Device,
-            gpu_memory_fraction: 0.9,
+            gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
         }
     }
 }
@@ -90,20 +72,17 @@ fn engine_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::backend(e)
 }
 
-fn parse_dtype(s: &str, device: DeviceSpec) -> Result<Option<DType>> {
-    Ok(match (s.to_ascii_lowercase().as_str(), device) {
-        ("auto", _) => None,
-        // candle's CPU bf16 matmuls are slow and gain nothing here: compute in f32 on the CPU.
-        ("bf16", DeviceSpec::Cpu) => Some(DType::F32),
-        ("bf16", _) => Some(DType::BF16),
-        ("f16", _) => Some(DType::F16),
-        ("f32", _) => Some(DType::F32),
-        (other, _) => {
-            return Err(Error::Config {
-                key: "dtype".into(),
-                message: format!("unknown dtype `{other}`"),
-            });
-        }
+/// A pool entry's dtype on `device`: [`cord_runtime::engine::parse_dtype`], except that `bf16`
+/// on the CPU computes in f32 (candle's CPU bf16 matmuls are slow and gain nothing here; the
+/// pool's `dtype` documents it).
+fn pool_dtype(s: &str, device: DeviceSpec) -> Result<Option<DType>> {
+    let dtype = cord_runtime::engine::parse_dtype(s).map_err(|e| Error::Config {
+        key: "dtype".into(),
+        message: e.to_string(),
+    })?;
+    Ok(match (dtype, device) {
+        (Some(DType::BF16), DeviceSpec::Cpu) => Some(DType::F32),
+        (d, _) => d,
     })
 }
 
@@ -152,36 +131,19 @@ fn kv_per_device(
     }
     let mut out = BTreeMap::new();
     for (device, models) in per_device {
-        let bytes = match (opts.kv_memory, device) {
-            (KvMemory::Fixed(b), _) => b,
-            (KvMemory::Auto, DeviceSpec::Cpu) => CPU_AUTO_KV,
-            (KvMemory::Auto, DeviceSpec::Cuda(_)) => {
-                engine
-                    .device(device)
-                    .map_err(|e| load_err(&device.to_string(), e))?;
-                let mut weights = Vec::with_capacity(models.len());
-                for (spec, dtype) in &models {
-                    let dt = parse_dtype(dtype, device)?.unwrap_or(DType::BF16);
-                    let w = cord_models::estimate_weight_bytes(spec, dt, false).ok_or_else(|| {
-                        Error::Config {
-                            key: "kv-mib auto".into(),
-                            message: format!(
-                                "the size of model `{spec}` is unknown before loading (not a local file or directory, not in the hub cache); give --kv-mib in MiB"
-                            ),
-                        }
-                    })?;
-                    weights.push((spec.clone(), w));
-                }
-                let mem = engine.memory(device).expect("opened above");
-                let per = cord_runtime::memory::auto_kv_bytes(&device.to_string(), mem, &weights)
-                    .map_err(|message| Error::Config {
+        let mut resolved = Vec::with_capacity(models.len());
+        for (spec, dtype) in models {
+            resolved.push((spec, pool_dtype(&dtype, device)?));
+        }
+        let bytes = engine
+            .kv_pool_bytes(opts.kv_memory, device, &resolved)
+            .map_err(|e| match e {
+                EngineError::KvAuto(message) => Error::Config {
                     key: "kv-mib auto".into(),
                     message,
-                })?;
-                tracing::info!(%device, kv_mib = per >> 20, "KV pool per model (auto)");
-                per
-            }
-        };
+                },
+                e => load_err(&device.to_string(), e),
+            })?;
         out.insert(device, bytes);
     }
     Ok(out)
@@ -207,7 +169,7 @@ impl EngineBackend {
     pub fn check(pool: &PoolConfig, opts: &BackendOptions) -> Result<()> {
         for (role, spec, device, dtype) in pool_models(pool) {
             let device = role_device(opts, device.as_deref(), &role)?;
-            parse_dtype(&dtype, device)?;
+            pool_dtype(&dtype, device)?;
             Engine::check_model(&spec, device).map_err(|e| load_err(&role, e))?;
         }
         Ok(())
@@ -232,7 +194,7 @@ impl EngineBackend {
             let device = role_device(opts, device, role)?;
             let mo = ModelOptions {
                 device,
-                dtype: parse_dtype(dtype, device)?,
+                dtype: pool_dtype(dtype, device)?,
                 kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
                 ..ModelOptions::default()
@@ -308,7 +270,7 @@ impl EngineBackend {
         self.engine
             .models()
             .iter()
-            .map(|m| (m.name.clone(), m.stats.clone()))
+            .map(|m| (m.name().to_string(), m.stats().clone()))
             .collect()
     }
 
