@@ -15,6 +15,7 @@ mod export;
 mod interrupt;
 mod merge;
 mod report;
+mod serve;
 mod shard;
 mod synth;
 
@@ -58,6 +59,8 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Export records as a dataset directory (parquet + a README.md dataset card).
     Export(export::ExportArgs),
+    /// Serve the models over an OpenAI-compatible HTTP API, with scoring and CoRD endpoints.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
         Cmd::PoolInfo(a) => shard::pool_info(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Export(a) => export::export(a),
+        Cmd::Serve(a) => serve::serve(a),
     };
     match res {
         Ok(code) => code,
