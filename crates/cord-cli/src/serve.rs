@@ -96,7 +96,6 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 gpu_memory_fraction: a.gpu_memory_fraction,
                 ..BackendOptions::default()
             };
-            eprintln!("loading the pool {} ...", path.display());
             Models::from_pool(pool, &opts)?
         }
         None => {
@@ -106,7 +105,6 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 kv_memory: a.kv_mib << 20,
                 ..ModelOptions::default()
             };
-            eprintln!("loading {} model(s) ...", specs.len());
             Models::from_specs(&specs, &opts)?
         }
     };
