@@ -1,19 +1,21 @@
 //! The engine worker: one OS thread that owns the [`Models`] (the engine is synchronous) and
 //! serves [`Job`]s from a channel; each job carries its own channel back.
 //!
-//! Batching: the worker takes every job queued when it wakes up, runs the generation jobs of each
-//! model as **one** batched `generate_streaming` call (the engine batches them continuously inside
-//! the call: sequences join the forward as they are prefilled and leave as they finish), then
-//! the scoring jobs of each model as one scoring call, then the CoRD runs one by one. Jobs that
-//! arrive meanwhile wait for the next round. A job whose receiver is gone (the client
-//! disconnected) is dropped before its round starts; a sequence already running finishes in the
-//! engine and is then freed like any other (its text goes nowhere).
+//! Continuous batching across clients: a generation job is added to its model's
+//! [`cord_runtime::engine::Scheduler`] as soon as the worker sees it, and the worker steps every
+//! model that has live requests, one forward over the whole batch per step, so a new client joins
+//! the batch that is already decoding. Between steps the worker takes new jobs, answers scoring
+//! jobs (one batched scoring call each, over the same KV and prefix caches) and cancels the
+//! requests whose client has gone (the receiver of their channel was dropped): their KV sequence
+//! is freed at once.
 //!
 //! A CoRD run (`/v1/cord`) holds the worker for its whole duration: the driver owns the engine
-//! for the search, so chat, completion and scoring requests wait until it ends (or until its
-//! client disconnects, which stops the search after the current round).
+//! for the search. Chat and completion requests already in a scheduler keep decoding inside the
+//! search's own generation calls (the scheduler steps every live sequence), but their text is
+//! delivered, and new requests are admitted, only when the search ends (or when its client
+//! disconnects, which stops the search after the current round).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -22,7 +24,7 @@ use std::thread::JoinHandle;
 use cord_decode::io::{Problem, Record};
 use cord_decode::{SelectedStep, Settings};
 use cord_runtime::engine::{
-    EngineError, GenOutput, GenRequest, ModelId, ScoreOutput, ScoreRequest,
+    EngineError, Event, GenOutput, GenRequest, ModelId, RequestId, ScoreOutput, ScoreRequest,
 };
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -99,11 +101,13 @@ pub struct ModelState {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct EngineState {
     pub models: Vec<ModelState>,
-    /// Worker rounds run so far.
-    pub rounds: u64,
-    /// Generation jobs dropped before running because their client had gone.
+    /// Generation requests live in the schedulers now.
+    pub live_requests: usize,
+    /// Scheduler steps run so far (one forward over one model's batch each).
+    pub steps: u64,
+    /// Generation requests cancelled because their client had gone.
     pub cancelled: u64,
-    /// Largest number of sequences generated together in one call.
+    /// Most requests one model's batch held at a step.
     pub max_batch: usize,
 }
 
@@ -150,78 +154,139 @@ fn engine_error(e: EngineError) -> ApiError {
 }
 
 struct Counters {
-    rounds: u64,
+    steps: u64,
     cancelled: u64,
     max_batch: usize,
 }
 
+/// Generation requests in the schedulers, by (model, request).
+type Live = HashMap<(usize, RequestId), GenJob>;
+
 fn run(mut models: Models, rx: mpsc::Receiver<Job>, stopping: Arc<AtomicBool>) {
-    let mut counters = Counters {
-        rounds: 0,
+    let mut c = Counters {
+        steps: 0,
         cancelled: 0,
         max_batch: 0,
     };
-    while let Ok(first) = rx.recv() {
-        counters.rounds += 1;
-        let mut gens: BTreeMap<usize, Vec<GenJob>> = BTreeMap::new();
-        let mut scores: Vec<ScoreJob> = Vec::new();
-        let mut cords: Vec<CordJob> = Vec::new();
-        for job in std::iter::once(first).chain(rx.try_iter()) {
+    let mut live: Live = HashMap::new();
+    loop {
+        // Block only when nothing is decoding.
+        let jobs: Vec<Job> = if live.is_empty() {
+            match rx.recv() {
+                Ok(first) => std::iter::once(first).chain(rx.try_iter()).collect(),
+                Err(_) => break,
+            }
+        } else {
+            rx.try_iter().collect()
+        };
+        let mut cords = Vec::new();
+        for job in jobs {
             match job {
-                Job::Generate(g) => gens.entry(g.model.0).or_default().push(g),
-                Job::Score(s) => scores.push(s),
-                Job::Cord(c) => cords.push(c),
+                Job::Generate(g) => admit(&mut models, &mut live, g, &mut c),
+                Job::Score(s) => {
+                    if !s.reply.is_closed() {
+                        let out = models
+                            .engine_mut()
+                            .score_top(s.model, &s.reqs, s.top)
+                            .map_err(engine_error);
+                        let _ = s.reply.send(out);
+                    }
+                }
+                Job::Cord(job) => cords.push(job),
                 Job::State(reply) => {
-                    let _ = reply.send(state(&models, &counters));
+                    let _ = reply.send(state(&models, &live, &c));
                 }
             }
-        }
-        for (m, jobs) in gens {
-            generate(&mut models, ModelId(m), jobs, &mut counters);
-        }
-        for job in scores {
-            if job.reply.is_closed() {
-                continue;
-            }
-            let out = models
-                .engine_mut()
-                .score_top(job.model, &job.reqs, job.top)
-                .map_err(engine_error);
-            let _ = job.reply.send(out);
         }
         for job in cords {
             cord(&mut models, job, &stopping);
         }
+        cancel_gone(&mut models, &mut live, &mut c);
+        step_all(&mut models, &mut live, &mut c);
     }
 }
 
-/// One batched generation call over the live jobs of one model.
-fn generate(models: &mut Models, model: ModelId, jobs: Vec<GenJob>, counters: &mut Counters) {
-    let before = jobs.len();
-    let jobs: Vec<GenJob> = jobs.into_iter().filter(|j| !j.events.is_closed()).collect();
-    counters.cancelled += (before - jobs.len()) as u64;
-    if jobs.is_empty() {
+/// Adds a generation job to its model's scheduler (it joins the running batch at the next step).
+fn admit(models: &mut Models, live: &mut Live, g: GenJob, c: &mut Counters) {
+    if g.events.is_closed() {
+        c.cancelled += 1;
         return;
     }
-    counters.max_batch = counters.max_batch.max(jobs.len());
-    let reqs: Vec<GenRequest> = jobs.iter().map(|j| j.req.clone()).collect();
-    let res = models
+    let added = models
         .engine_mut()
-        .generate_streaming(model, &reqs, &mut |i, text| {
-            let j = &jobs[i];
-            let _ = j.events.send((j.index, GenEvent::Text(text.to_string())));
-        });
-    match res {
-        Ok(outs) => {
-            for (j, out) in jobs.iter().zip(outs) {
-                let _ = j.events.send((j.index, GenEvent::Done(out)));
-            }
+        .scheduler(g.model)
+        .and_then(|mut s| s.add(&g.req));
+    match added {
+        Ok(id) => {
+            live.insert((g.model.0, id), g);
         }
         Err(e) => {
-            let err = engine_error(e);
-            tracing::warn!(error = %err.message, requests = jobs.len(), "generation batch failed");
-            for j in &jobs {
-                let _ = j.events.send((j.index, GenEvent::Failed(err.clone())));
+            let _ = g.events.send((g.index, GenEvent::Failed(engine_error(e))));
+        }
+    }
+}
+
+/// Cancels the requests whose client has gone: their sequences are freed now.
+fn cancel_gone(models: &mut Models, live: &mut Live, c: &mut Counters) {
+    let gone: Vec<(usize, RequestId)> = live
+        .iter()
+        .filter(|(_, g)| g.events.is_closed())
+        .map(|(k, _)| *k)
+        .collect();
+    for (m, id) in gone {
+        live.remove(&(m, id));
+        c.cancelled += 1;
+        if let Err(e) = models
+            .engine_mut()
+            .scheduler(ModelId(m))
+            .and_then(|mut s| s.cancel(id))
+        {
+            tracing::warn!(error = %e, "cancelling a request failed");
+        }
+    }
+}
+
+/// One step of every model that has live requests; text and results go to their clients.
+fn step_all(models: &mut Models, live: &mut Live, c: &mut Counters) {
+    let busy: BTreeSet<usize> = live.keys().map(|k| k.0).collect();
+    for m in busy {
+        let in_batch = live.keys().filter(|k| k.0 == m).count();
+        c.max_batch = c.max_batch.max(in_batch);
+        c.steps += 1;
+        let res = models
+            .engine_mut()
+            .scheduler(ModelId(m))
+            .and_then(|mut s| s.step());
+        match res {
+            Ok(events) => {
+                for ev in events {
+                    match ev {
+                        Event::Text { id, text } => {
+                            if let Some(g) = live.get(&(m, id)) {
+                                let _ = g.events.send((g.index, GenEvent::Text(text)));
+                            }
+                        }
+                        Event::Finished { id, output } => {
+                            if let Some(g) = live.remove(&(m, id)) {
+                                let _ = g.events.send((g.index, GenEvent::Done(output)));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let err = engine_error(e);
+                tracing::warn!(error = %err.message, "a generation step failed");
+                let ids: Vec<RequestId> = live.keys().filter(|k| k.0 == m).map(|k| k.1).collect();
+                for id in ids {
+                    if let Some(g) = live.remove(&(m, id)) {
+                        let _ = g.events.send((g.index, GenEvent::Failed(err.clone())));
+                    }
+                    let _ = models
+                        .engine_mut()
+                        .scheduler(ModelId(m))
+                        .and_then(|mut s| s.cancel(id));
+                }
             }
         }
     }
@@ -263,7 +328,7 @@ fn cord(models: &mut Models, job: CordJob, stopping: &AtomicBool) {
     let _ = events.send(ev);
 }
 
-fn state(models: &Models, counters: &Counters) -> EngineState {
+fn state(models: &Models, live: &Live, counters: &Counters) -> EngineState {
     let engine = models.engine();
     let names = models.names_by_model();
     let mut out = Vec::new();
@@ -295,7 +360,8 @@ fn state(models: &Models, counters: &Counters) -> EngineState {
     }
     EngineState {
         models: out,
-        rounds: counters.rounds,
+        live_requests: live.len(),
+        steps: counters.steps,
         cancelled: counters.cancelled,
         max_batch: counters.max_batch,
     }

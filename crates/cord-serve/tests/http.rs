@@ -804,3 +804,41 @@ async fn graceful_shutdown_finishes_the_requests_in_flight() {
     stopper.join().unwrap().unwrap();
     assert!(http.post(&url).json(&body).send().await.is_err());
 }
+
+/// A client that goes away mid-stream is cancelled: its sequence leaves the scheduler at once
+/// (long before its 2000 tokens) and its KV blocks go back to the pool or the prefix cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_stream_is_cancelled_and_frees_its_sequence() {
+    let fx = Fixture::new();
+    let srv = fx.serve(ServeConfig {
+        max_tokens: 2000,
+        ..config()
+    });
+    let body = json!({"model": LLAMA, "prompt": "Go on:", "max_tokens": 2000, "temperature": 1.0, "seed": 1, "stream": true});
+    let mut resp = srv
+        .http
+        .post(srv.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    let mut st = srv.engine().await;
+    for _ in 0..400 {
+        if st.live_requests == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        st = srv.engine().await;
+    }
+    assert_eq!(st.live_requests, 0, "{st:?}");
+    assert_eq!(st.cancelled, 1, "{st:?}");
+    let m = &st.models[0];
+    assert_eq!((m.live_sequences, m.leaked_blocks), (0, 0), "{m:?}");
+    assert!(
+        m.generated_tokens < 2000,
+        "the request ran to its end: {m:?}"
+    );
+}
