@@ -20,6 +20,6 @@ mod server;
 mod worker;
 
 pub use error::{ApiError, ServeError};
-pub use models::{BackendOptions, KvMemory, Models};
+pub use models::{BackendOptions, EngineBackend, KvMemory, Models};
 pub use server::{ServeConfig, Server};
 pub use worker::{EngineState, ModelState};

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use cord_decode::PoolConfig;
-use cord_decode::engine_backend::EngineBackend;
-pub use cord_decode::engine_backend::{BackendOptions, KvMemory};
+pub use cord_decode::engine_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_models::LoadedModel;
 use cord_runtime::ChatTemplate;
 use cord_runtime::engine::{Engine, ModelId, ModelOptions};

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use common::{Fixture, LLAMA, QWEN, Running, assert_error, config};
 use cord_decode::Settings;
-use cord_decode::engine_backend::EngineBackend;
 use cord_decode::io::{Problem, Record};
-use cord_serve::{Models, ServeConfig};
+use cord_serve::{EngineBackend, Models, ServeConfig};
 use serde_json::{Value, json};
 
 fn chat_body(model: &str, seed: u64, stream: bool) -> Value {
