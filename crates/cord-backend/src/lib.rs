@@ -265,6 +265,28 @@ impl EngineBackend {
         &self.engine
     }
 
+    /// The engine, for requests outside the search (`cord serve`'s chat and scoring endpoints
+    /// run on the pool's models between searches).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// Every role by name with its engine model: the teachers in pool order, then the scorers
+    /// that are not teachers.
+    pub fn roles(&self) -> Vec<(String, ModelId)> {
+        let mut v: Vec<(String, ModelId)> = self
+            .teachers
+            .iter()
+            .map(|t| (t.name.clone(), t.model))
+            .collect();
+        for s in &self.scorers {
+            if !v.iter().any(|(n, _)| *n == s.name) {
+                v.push((s.name.clone(), s.model));
+            }
+        }
+        v
+    }
+
     /// Per-model counters, keyed by model name.
     pub fn model_stats(&self) -> BTreeMap<String, ModelStats> {
         self.engine

@@ -17,6 +17,7 @@ mod export;
 mod interrupt;
 mod merge;
 mod report;
+mod serve;
 mod shard;
 mod synth;
 
@@ -60,6 +61,8 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Export records as a dataset directory (parquet + a README.md dataset card).
     Export(export::ExportArgs),
+    /// Serve the models over an OpenAI-compatible HTTP API, with scoring and CoRD endpoints.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -207,6 +210,7 @@ fn main() -> ExitCode {
         Cmd::PoolInfo(a) => shard::pool_info(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Export(a) => export::export(a),
+        Cmd::Serve(a) => serve::serve(a),
     };
     match res {
         Ok(code) => code,

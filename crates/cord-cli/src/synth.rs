@@ -479,7 +479,7 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
     }
 }
 
-fn short_name(spec: &str) -> String {
+pub(crate) fn short_name(spec: &str) -> String {
     let p = Path::new(spec);
     match (p.file_name(), p.parent().and_then(|d| d.file_name())) {
         (Some(f), Some(d)) if f == "model.gguf" => d.to_string_lossy().into_owned(),

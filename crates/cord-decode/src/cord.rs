@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::hygiene::{Reject, makes_progress};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
-    Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
-    answer_request, build_record, closed, expect_len, failed_record, step_texts,
+    Need, Outcome, Reply, ScoreDetail, Search, SelectedStep, Settings, StatsAcc, StepOutcome,
+    THINK_CLOSE, answer_request, build_record, closed, expect_len, failed_record, step_texts,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -134,6 +134,8 @@ pub struct CordSearch {
     tree: Vec<TreeEntry>,
     started: Instant,
     outcome: Option<Outcome>,
+    /// Steps kept since the last [`Search::take_selected`].
+    selected: Vec<SelectedStep>,
 }
 
 impl CordSearch {
@@ -161,6 +163,7 @@ impl CordSearch {
             tree: Vec::new(),
             started: Instant::now(),
             outcome: None,
+            selected: Vec::new(),
         }
     }
 
@@ -611,6 +614,11 @@ impl CordSearch {
                 scorers: detail.per_scorer,
                 visits: None,
             });
+            self.selected.push(SelectedStep {
+                beam: i,
+                done: c.done,
+                step: steps.last().expect("pushed above").clone(),
+            });
             let beam = Beam {
                 id: c.id,
                 reasoning: c.reasoning,
@@ -643,6 +651,10 @@ impl CordSearch {
 impl Search for CordSearch {
     fn problem(&self) -> &Problem {
         &self.p
+    }
+
+    fn take_selected(&mut self) -> Vec<SelectedStep> {
+        std::mem::take(&mut self.selected)
     }
 
     fn poll(&mut self, backend: &mut dyn Backend) -> Result<Need> {

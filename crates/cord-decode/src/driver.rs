@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::{AttemptOutcome, Problem, Record, RecordSink};
-use crate::search::{Need, Reply, Search, Settings, expect_len, new_search};
+use crate::search::{Need, Reply, Search, SelectedStep, Settings, expect_len, new_search};
 
 /// Progress after each finished problem (for a progress bar).
 #[derive(Debug, Clone)]
@@ -137,9 +137,34 @@ pub fn run_sinks(
     settings: &Arc<Settings>,
     problems: Vec<Problem>,
     sink: &mut dyn RecordSink,
+    rejected: Option<&mut dyn RecordSink>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    stop: &dyn Fn() -> bool,
+) -> Result<Summary> {
+    run_observed(
+        backend,
+        settings,
+        problems,
+        sink,
+        rejected,
+        progress,
+        stop,
+        &mut |_, _| {},
+    )
+}
+
+/// As [`run_sinks`], calling `on_step(problem id, step)` for every step a search keeps, as soon
+/// as it is kept ([`Search::take_selected`]; `cord serve` streams them).
+#[allow(clippy::too_many_arguments)]
+pub fn run_observed(
+    backend: &mut dyn Backend,
+    settings: &Arc<Settings>,
+    problems: Vec<Problem>,
+    sink: &mut dyn RecordSink,
     mut rejected: Option<&mut dyn RecordSink>,
     progress: &mut dyn FnMut(&Progress<'_>),
     stop: &dyn Fn() -> bool,
+    on_step: &mut dyn FnMut(&str, &SelectedStep),
 ) -> Result<Summary> {
     let started = Instant::now();
     if backend.num_teachers() != settings.num_teachers() {
@@ -244,7 +269,11 @@ pub fn run_sinks(
                 Kind::Score => Reply::Scores(score_res.by_ref().take(n).collect()),
                 Kind::Answer => Reply::Answers(ans_res.by_ref().take(n).collect()),
             };
-            active[a].search.feed(reply)?;
+            let search = &mut active[a].search;
+            search.feed(reply)?;
+            for step in search.take_selected() {
+                on_step(&search.problem().id, &step);
+            }
         }
         // Retire finished searches (highest index first so that indices stay valid), or start
         // the next attempt of a wrong one.

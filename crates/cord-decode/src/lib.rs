@@ -28,9 +28,9 @@ pub mod seed;
 
 pub use backend::{AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest};
 pub use config::{Method, PoolConfig, ScorerKind, SearchOverrides, StepUnit};
-pub use driver::{Progress, Summary, run, run_sinks, run_until};
+pub use driver::{Progress, Summary, run, run_observed, run_sinks, run_until};
 pub use error::{Error, Result};
 pub use io::{
     AttemptOutcome, OutputMode, Problem, Record, RecordSink, RecordWriter, read_problems,
 };
-pub use search::{Need, Reply, Search, Settings, new_search};
+pub use search::{Need, Reply, Search, SelectedStep, Settings, new_search};

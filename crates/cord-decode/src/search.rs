@@ -40,6 +40,21 @@ pub trait Search {
     fn poll(&mut self, backend: &mut dyn Backend) -> Result<Need>;
     fn feed(&mut self, reply: Reply) -> Result<()>;
     fn problem(&self) -> &Problem;
+    /// The steps the search kept since the last call, for a live view of a run (`cord serve`
+    /// streams them). Beam searches report every kept candidate of a round; searches that only
+    /// know their trajectory at the end report nothing here.
+    fn take_selected(&mut self) -> Vec<SelectedStep> {
+        Vec::new()
+    }
+}
+
+/// A candidate step a search kept: the beam's rank among the kept candidates of its round (0 =
+/// best score), whether it ended its beam, and the step as it will appear in the record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SelectedStep {
+    pub beam: usize,
+    pub done: bool,
+    pub step: StepRecord,
 }
 
 /// Makes the search of the configured method for one problem.

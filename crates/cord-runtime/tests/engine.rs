@@ -444,6 +444,60 @@ fn score_matches_a_full_forward_and_reuses_the_context() {
     }
 }
 
+/// `score_top` lists, per continuation token, the k most likely tokens of a full forward's
+/// log-softmax row, largest first, with the same log-probs as `score`.
+#[test]
+fn score_top_lists_the_most_likely_tokens_of_each_position() {
+    let model = loaded(7);
+    let (mut e, id) = engine_with(&model, &opts(1 << 22, 1024));
+    let req = ScoreRequest {
+        context: prompt(31, 11),
+        continuation: format!(" {}", prompt(32, 5)),
+    };
+    let plain = e.score(id, std::slice::from_ref(&req)).unwrap().remove(0);
+    assert!(plain.top_logprobs.is_empty());
+    let out = e
+        .score_top(id, std::slice::from_ref(&req), 3)
+        .unwrap()
+        .remove(0);
+    assert_eq!(out.token_ids, plain.token_ids);
+    assert_eq!(out.top_logprobs.len(), out.token_ids.len());
+    let ctx = model
+        .tokenizer
+        .encode(req.context.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let mut ids = vec![1u32];
+    ids.extend(&ctx);
+    ids.extend(&out.token_ids);
+    let mut kv = KvCache::new(model.model.kv_config(ids.len().div_ceil(BLOCK), BLOCK)).unwrap();
+    let seq = kv.new_sequence();
+    let logits = model
+        .model
+        .forward(&[SeqInput::new(seq, &ids, LogitsMode::All)], &mut kv)
+        .unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (k, top) in out.top_logprobs.iter().enumerate() {
+        let row = &lp[1 + ctx.len() + k - 1];
+        let mut want: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        assert_eq!(top.len(), 3);
+        for ((gi, gl), (wi, wl)) in top.iter().zip(&want) {
+            assert_eq!(gi, wi, "position {k}: {top:?} vs {:?}", &want[..3]);
+            assert!((gl - wl).abs() <= 1e-4, "position {k}: {gl} vs {wl}");
+        }
+        assert!(top[0].1 >= out.logprobs[k] - 1e-5);
+    }
+}
+
 /// Weights + KV pools must fit the device budget; the refusal names the numbers and what is
 /// already placed, and leaves the engine unchanged.
 #[test]

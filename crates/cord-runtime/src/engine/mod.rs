@@ -285,7 +285,18 @@ impl Engine {
 
     /// Teacher-forced log-probs of each continuation after its context, batched.
     pub fn score(&mut self, id: ModelId, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
-        self.model_mut(id)?.score_timed(reqs)
+        self.model_mut(id)?.score_timed(reqs, 0)
+    }
+
+    /// As [`Engine::score`], also returning the `top` most likely tokens at every continuation
+    /// position ([`ScoreOutput::top_logprobs`]).
+    pub fn score_top(
+        &mut self,
+        id: ModelId,
+        reqs: &[ScoreRequest],
+        top: usize,
+    ) -> Result<Vec<ScoreOutput>> {
+        self.model_mut(id)?.score_timed(reqs, top)
     }
 
     /// The scheduler of one model, to drive step by step ([`Scheduler::add`], [`Scheduler::step`],
@@ -373,6 +384,17 @@ impl EngineModel {
     /// The weights, tokenizer and special tokens.
     pub fn loaded(&self) -> &LoadedModel {
         &self.loaded
+    }
+
+    /// [`EngineModel::loaded`] as a shared handle, for readers on other threads (a server
+    /// tokenizes and renders prompts while the engine runs).
+    pub fn loaded_shared(&self) -> Arc<LoadedModel> {
+        self.loaded.clone()
+    }
+
+    /// The model's chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
     }
 
     pub fn stats(&self) -> &ModelStats {

@@ -37,7 +37,7 @@ impl Engine {
         jobs: &[(ModelId, Vec<ScoreRequest>)],
         by: Parallel,
     ) -> Result<Vec<Vec<ScoreOutput>>> {
-        self.run_many(jobs, by, |m, r| m.score_timed(r))
+        self.run_many(jobs, by, |m, r| m.score_timed(r, 0))
     }
 
     fn run_many<R: Sync, O: Send>(

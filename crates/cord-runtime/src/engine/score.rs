@@ -25,6 +25,11 @@ pub struct ScoreOutput {
     pub logprobs: Vec<f32>,
     pub context_tokens: usize,
     pub reused_tokens: usize,
+    /// With [`super::Engine::score_top`]: for each continuation token, the `top` most likely
+    /// tokens at its position as (id, log-prob), most likely first (ties: lower id first).
+    /// Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 impl ScoreOutput {
@@ -42,9 +47,13 @@ impl ScoreOutput {
 
 impl EngineModel {
     /// [`EngineModel::score`] with the per-model counters and the debug trace line.
-    pub(super) fn score_timed(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
+    pub(super) fn score_timed(
+        &mut self,
+        reqs: &[ScoreRequest],
+        top: usize,
+    ) -> Result<Vec<ScoreOutput>> {
         let t0 = Instant::now();
-        let out = self.score(reqs);
+        let out = self.score(reqs, top);
         let secs = t0.elapsed().as_secs_f64();
         self.stats.score_seconds += secs;
         if let Ok(o) = &out {
@@ -55,7 +64,7 @@ impl EngineModel {
         out
     }
 
-    fn score(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
+    fn score(&mut self, reqs: &[ScoreRequest], top: usize) -> Result<Vec<ScoreOutput>> {
         struct Job {
             ids: Vec<u32>,
             first: usize,
@@ -170,6 +179,16 @@ impl EngineModel {
             let lp: Vec<f32> = token_logprobs(&logits, &tg)
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| model_err(&self.name, e))?;
+            let tops: Vec<Vec<(u32, f32)>> = if top == 0 {
+                Vec::new()
+            } else {
+                logits
+                    .to_vec2::<f32>()
+                    .map_err(|e| model_err(&self.name, e))?
+                    .iter()
+                    .map(|row| top_logprobs(row, top))
+                    .collect()
+            };
             let mut at = 0;
             for &g in &group {
                 let j = &mut jobs[g];
@@ -190,6 +209,11 @@ impl EngineModel {
                     logprobs: lp[at..at + m].to_vec(),
                     context_tokens: j.first,
                     reused_tokens: j.reused,
+                    top_logprobs: if tops.is_empty() {
+                        Vec::new()
+                    } else {
+                        tops[at..at + m].to_vec()
+                    },
                 });
                 at += m;
                 self.stats.prompt_tokens += j.first as u64;
@@ -205,4 +229,35 @@ impl EngineModel {
             .map(|o| o.expect("every job scored"))
             .collect())
     }
+}
+
+/// The `k` largest log-softmax entries of one logits row as (id, log-prob), largest first, ties
+/// to the lower id; NaN entries are never listed.
+fn top_logprobs(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let max = row
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + row
+            .iter()
+            .filter(|x| !x.is_nan())
+            .map(|&x| ((x - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut ids: Vec<u32> = (0..row.len() as u32)
+        .filter(|&i| !row[i as usize].is_nan())
+        .collect();
+    let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    ids.select_nth_unstable_by(k - 1, by);
+    ids.truncate(k);
+    ids.sort_by(by);
+    ids.into_iter()
+        .map(|i| (i, row[i as usize] - lse))
+        .collect()
 }
