@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use cord_decode::PoolConfig;
 pub use cord_backend::{BackendOptions, EngineBackend, KvMemory};
+use cord_decode::PoolConfig;
 use cord_models::LoadedModel;
 use cord_runtime::ChatTemplate;
 use cord_runtime::engine::{Engine, ModelId, ModelOptions};
