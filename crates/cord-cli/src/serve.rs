@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use cord_runtime::engine::{DeviceSpec, ModelOptions};
+use cord_runtime::memory::{DEFAULT_GPU_MEMORY_FRACTION, DEFAULT_KV_MIB};
 use cord_serve::{BackendOptions, KvMemory, Models, ServeConfig, Server};
 
 use crate::synth::{RunArgs, expand_spec, load_pool, short_name};
@@ -46,10 +47,10 @@ pub struct ServeArgs {
     #[arg(long)]
     device: Option<String>,
     /// KV cache memory per model, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
     /// Share of each GPU's memory that weights + KV pools may take.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULT_GPU_MEMORY_FRACTION)]
     gpu_memory_fraction: f64,
 }
 
