@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use cord_testkit::tiny::{self, Tiny};
+use cord_testkit::tiny;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -20,8 +20,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let llama = tiny::write_model(&dir.path().join("tiny-llama"), Tiny::ByteLlama, 11);
-        let qwen2 = tiny::write_model(&dir.path().join("tiny-qwen2"), Tiny::BpeQwen2, 22);
+        let (llama, qwen2) = tiny::write_pool_models(dir.path());
         Fixture { dir, llama, qwen2 }
     }
 

@@ -14,7 +14,7 @@ use cord_decode::search::{Settings, score_context};
 use cord_decode::{
     AnswerRequest, Backend, Finish, PoolConfig, ProposeRequest, ScoreRequest, Summary,
 };
-use cord_testkit::tiny::{self, Tiny};
+use cord_testkit::tiny;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -31,8 +31,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let llama = tiny::write_model(&dir.path().join("tiny-llama"), Tiny::ByteLlama, 11);
-        let qwen2 = tiny::write_model(&dir.path().join("tiny-qwen2"), Tiny::BpeQwen2, 22);
+        let (llama, qwen2) = tiny::write_pool_models(dir.path());
         let problems = dir.path().join("problems.jsonl");
         let lines = [
             serde_json::json!({"id": IDS[0], "question": "Tom has 3 apples and buys 9 more. How many apples does he have?", "answer": "12"}),

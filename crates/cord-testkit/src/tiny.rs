@@ -287,6 +287,16 @@ pub fn write_model(dir: &Path, kind: Tiny, seed: u64) -> PathBuf {
 /// Teacher names of the tiny pool written by [`pool_tables`]: [`Tiny::ByteLlama`], [`Tiny::BpeQwen2`].
 pub const POOL_TEACHERS: [&str; 2] = ["byte-llama", "bpe-qwen2"];
 
+/// The two tiny pool models (byte-level llama, seed 11; BPE qwen2, seed 22) written under
+/// `dir` as `tiny-llama/` and `tiny-qwen2/`: (llama, qwen2). Every test fixture that needs a
+/// two-teacher pool uses these.
+pub fn write_pool_models(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        write_model(&dir.join("tiny-llama"), Tiny::ByteLlama, 11),
+        write_model(&dir.join("tiny-qwen2"), Tiny::BpeQwen2, 22),
+    )
+}
+
 /// The `[scorer]` table (body `scorer`) and the two `[[teacher]]` tables of a pool over both tiny
 /// models on the CPU; the caller writes the `[search]` table before it.
 pub fn pool_tables(llama: &Path, qwen2: &Path, scorer: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cord_decode::PoolConfig;
 use cord_serve::{BackendOptions, EngineState, KvMemory, Models, ServeConfig, Server};
-use cord_testkit::tiny::{self, Tiny};
+use cord_testkit::tiny;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -26,8 +26,7 @@ pub const KV_BYTES: u64 = 1 << 20;
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let llama = tiny::write_model(&dir.path().join("tiny-llama"), Tiny::ByteLlama, 11);
-        let qwen2 = tiny::write_model(&dir.path().join("tiny-qwen2"), Tiny::BpeQwen2, 22);
+        let (llama, qwen2) = tiny::write_pool_models(dir.path());
         Fixture { dir, llama, qwen2 }
     }
 
