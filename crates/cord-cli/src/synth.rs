@@ -449,6 +449,12 @@ fn print_summary(s: &Summary, backend: &EngineBackend, output: &Path) {
             s.beams_dropped
         );
     }
+    if s.extra_answers > 0 {
+        println!(
+            "  answers after a lower-ranked trajectory (the best's did not verify): {}",
+            s.extra_answers
+        );
+    }
     for (name, toks) in &s.tokens_per_teacher {
         println!(
             "  teacher {name}: {toks} tokens generated ({:.1} tok/s)",

@@ -159,6 +159,13 @@ pub struct SearchConfig {
     /// after an intermediate result, so without a floor a beam would close after its first
     /// real step; 0.5 means the meta-prover finds the answer more likely than not.
     pub close_min_score: f64,
+    /// CoRD: when the answer after the best finished trajectory does not verify against the
+    /// problem's known answer, the next finished trajectory (by score) is answered, and so on;
+    /// the record keeps the first whose answer verifies, else the best's. Each trajectory is
+    /// answered by its own last-selected teacher, so the answer always follows the reasoning
+    /// it is written after. Costs one answer per extra trajectory, only for problems whose
+    /// best answer is wrong.
+    pub verify_beams: bool,
 }
 
 impl Default for SearchConfig {
@@ -189,6 +196,7 @@ impl Default for SearchConfig {
             end_on_answer: true,
             close_candidate: true,
             close_min_score: 0.5,
+            verify_beams: true,
         }
     }
 }

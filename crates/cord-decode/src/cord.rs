@@ -17,19 +17,21 @@
 //!     if live is empty: break; if t = max_steps: ForceAll (close every live beam, score)
 //! }
 //! answer after the best finished trajectory                      Answer, Answering (O-18)
+//! if it does not verify: answer the next finished one (verify_beams)  Answer
 //! record it                                                      Finished
 //! ```
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{Backend, ProposeRequest};
+use crate::backend::{Backend, Proposal, ProposeRequest};
 use crate::error::{Error, Result};
 use crate::hygiene::{Reject, makes_progress};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, ScoreDetail, Search, SelectedStep, Settings, StatsAcc, StepOutcome,
-    THINK_CLOSE, answer_request, build_record, closed, expect_len, failed_record, step_texts,
+    THINK_CLOSE, answer_request, answer_verifies, build_record, closed, expect_len, failed_record,
+    step_texts,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -134,6 +136,11 @@ pub struct CordSearch {
     tree: Vec<TreeEntry>,
     started: Instant,
     outcome: Option<Outcome>,
+    /// Finished trajectories still to answer, best first (`verify_beams`); `None` until the
+    /// first answer is asked for.
+    to_answer: Option<Vec<usize>>,
+    /// Each answered trajectory with its answer, in the order answered.
+    answered: Vec<(Outcome, Proposal)>,
     /// Steps kept since the last [`Search::take_selected`].
     selected: Vec<SelectedStep>,
 }
@@ -163,6 +170,8 @@ impl CordSearch {
             tree: Vec::new(),
             started: Instant::now(),
             outcome: None,
+            to_answer: None,
+            answered: Vec::new(),
             selected: Vec::new(),
         }
     }
@@ -710,16 +719,17 @@ impl Search for CordSearch {
                     return Ok(self.score_need(cands));
                 }
                 State::Answer => {
-                    let best = self
-                        .finished
-                        .iter()
-                        .fold(None::<&Beam>, |acc, b| match acc {
-                            Some(a) if a.score >= b.score => Some(a),
-                            _ => Some(b),
-                        })
-                        .ok_or_else(|| {
-                            Error::Protocol("search ended without a finished trajectory".into())
-                        })?;
+                    let finished = &self.finished;
+                    let order = self.to_answer.get_or_insert_with(|| {
+                        // Best first; among equal scores the one finished first.
+                        let mut order: Vec<usize> = (0..finished.len()).collect();
+                        order.sort_by(|&a, &b| finished[b].score.total_cmp(&finished[a].score));
+                        order.reverse();
+                        order
+                    });
+                    let best = order.pop().map(|i| &self.finished[i]).ok_or_else(|| {
+                        Error::Protocol("search ended without a finished trajectory".into())
+                    })?;
                     let outcome = Outcome {
                         steps: best.steps.clone(),
                         reasoning: best.reasoning.clone(),
@@ -818,17 +828,39 @@ impl Search for CordSearch {
                 Ok(())
             }
             (State::Answering, Reply::Answers(a)) => {
-                let a = expect_len(a, 1, "answers")?;
+                let mut a = expect_len(a, 1, "answers")?;
                 let outcome = self
                     .outcome
                     .take()
                     .ok_or_else(|| Error::Protocol("no outcome".into()))?;
+                let answer = a.remove(0);
+                let verified = answer_verifies(&self.s, &self.p, &answer);
+                self.answered.push((outcome, answer));
+                let more = self.to_answer.as_ref().is_some_and(|o| !o.is_empty());
+                if !verified && more && self.s.verify_beams && !self.p.answer.trim().is_empty() {
+                    self.state = State::Answer;
+                    return Ok(());
+                }
+                // The first answer that verifies, else the best trajectory's; the other
+                // answers' tokens are counted in the record's stats.
+                let keep = if verified { self.answered.len() - 1 } else { 0 };
+                let mut answered = std::mem::take(&mut self.answered);
+                let (outcome, answer) = answered.remove(keep);
+                for (o, extra) in &answered {
+                    *self
+                        .stats
+                        .tokens
+                        .entry(self.s.teacher_names[o.answer_teacher].clone())
+                        .or_default() += extra.tokens as u64;
+                    self.stats.reused += extra.reused_tokens as u64;
+                    self.stats.extra_answers += 1;
+                }
                 let tree = self.s.save_tree.then(|| std::mem::take(&mut self.tree));
                 let rec = build_record(
                     &self.s,
                     &self.p,
                     outcome,
-                    &a[0],
+                    &answer,
                     std::mem::take(&mut self.stats),
                     tree,
                     self.started,

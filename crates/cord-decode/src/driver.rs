@@ -65,6 +65,8 @@ pub struct Summary {
     pub rejected: BTreeMap<String, BTreeMap<String, u64>>,
     pub beams_resampled: u64,
     pub beams_dropped: u64,
+    /// Answers written after lower-ranked finished trajectories (`search.verify_beams`).
+    pub extra_answers: u64,
     pub answer_truncated: usize,
     pub tokens_per_teacher: BTreeMap<String, u64>,
     pub tokens_scored: u64,
@@ -326,6 +328,7 @@ pub fn run_observed(
             }
             summary.beams_resampled += rec.stats.beams_resampled;
             summary.beams_dropped += rec.stats.beams_dropped;
+            summary.extra_answers += rec.stats.extra_answers;
             summary.answer_truncated += usize::from(rec.answer_truncated);
             score_sum += rec.score;
             steps_sum += rec.steps.len();

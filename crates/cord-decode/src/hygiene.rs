@@ -47,6 +47,11 @@ pub struct FilterConfig {
     /// says nothing keeps the answer's probability at its question-only prior, while a correct
     /// intermediate result lowers it (README, "Junk, natural ends and the scorer").
     pub progress_first: bool,
+    /// Reject a step that states a false equality between numbers (`16 * 2 = 8`; chains such
+    /// as `16 = 16 * 2 = 32`), judged conservatively by [`crate::arithmetic::false_equality`]:
+    /// the score rewards a step that makes the answer likely, not one whose arithmetic is
+    /// right, and a small teacher's false formula can win on it.
+    pub check_arithmetic: bool,
 }
 
 impl Default for FilterConfig {
@@ -62,6 +67,7 @@ impl Default for FilterConfig {
             near_repeat: 0.9,
             min_text_ratio: 0.3,
             progress_first: true,
+            check_arithmetic: true,
         }
     }
 }
@@ -119,6 +125,8 @@ pub enum Reject {
     NonText,
     /// Adds nothing checkable while other candidates of the step do (`progress_first`).
     NoProgress,
+    /// States a false equality between numbers (`check_arithmetic`).
+    WrongArithmetic,
 }
 
 impl Reject {
@@ -130,6 +138,7 @@ impl Reject {
             Reject::RepeatsEarlierStep => "repeats-earlier-step",
             Reject::NonText => "non-text",
             Reject::NoProgress => "no-progress",
+            Reject::WrongArithmetic => "wrong-arithmetic",
         }
     }
 }
@@ -194,6 +203,9 @@ pub fn check_step(body: &str, earlier: &[&str], cfg: &FilterConfig) -> Option<Re
                 return Some(Reject::RepeatsEarlierStep);
             }
         }
+    }
+    if cfg.check_arithmetic && crate::arithmetic::false_equality(body).is_some() {
+        return Some(Reject::WrongArithmetic);
     }
     None
 }
@@ -616,6 +628,20 @@ mod tests {
         );
         assert_eq!(states_answer("so \\boxed{7}"), Some(12));
         assert_eq!(states_answer("3 + 4 = 7"), None);
+    }
+
+    #[test]
+    fn false_arithmetic_is_rejected_unless_turned_off() {
+        // gsm8k-269 (README, "Wrong arithmetic"): SmolLM2's step won the beam with this.
+        let step = "### Step 2. 16 = 16 * 2 = 32";
+        assert_eq!(check(step), Some(Reject::WrongArithmetic));
+        assert_eq!(check("### Step 2. 16 / 2 = 8 golf balls"), None);
+        let off = FilterConfig {
+            check_arithmetic: false,
+            ..FilterConfig::default()
+        };
+        assert_eq!(check_step(step, &[], &off), None);
+        assert_eq!(Reject::WrongArithmetic.as_str(), "wrong-arithmetic");
     }
 
     #[test]

@@ -290,6 +290,10 @@ pub struct RecordStats {
     /// Beams dropped because every candidate was rejected again after that resample.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub beams_dropped: u64,
+    /// Answers written after lower-ranked finished trajectories because a higher-ranked one's
+    /// answer did not verify (`search.verify_beams`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extra_answers: u64,
     /// Prompt tokens reused from prefix caches, as reported by the backend. It depends on what
     /// else was in flight, so like `seconds` it is left out with `record_timing = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

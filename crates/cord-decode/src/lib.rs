@@ -12,6 +12,7 @@
 //! - [`scripted`]: a scripted backend for tests.
 
 pub mod answer;
+pub mod arithmetic;
 pub mod backend;
 pub(crate) mod chunked;
 pub mod config;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::answer::{extract_answer, verify};
+use crate::answer::{Verdict, extract_answer, verify};
 use crate::backend::{
     AnswerRequest, Backend, Finish, Proposal, ProposeRequest, Score, ScoreRequest,
 };
@@ -131,6 +131,8 @@ pub struct Settings {
     /// CoRD: each live beam also competes as itself closed (`search.close_candidate`).
     pub close_candidate: bool,
     pub close_min_score: f64,
+    /// CoRD: answer the next finished trajectory when the best's answer does not verify.
+    pub verify_beams: bool,
 }
 
 impl Settings {
@@ -179,6 +181,7 @@ impl Settings {
             end_on_answer: s.end_on_answer,
             close_candidate: s.close_candidate,
             close_min_score: s.close_min_score,
+            verify_beams: s.verify_beams,
         })
     }
 
@@ -509,6 +512,8 @@ pub(crate) struct StatsAcc {
     pub beams_resampled: u64,
     /// Beams dropped because their candidates were rejected again after the resample.
     pub beams_dropped: u64,
+    /// Answers written after lower-ranked finished trajectories (`verify_beams`).
+    pub extra_answers: u64,
 }
 
 impl StatsAcc {
@@ -581,17 +586,14 @@ pub(crate) fn build_record(
         .entry(s.teacher_names[o.answer_teacher].clone())
         .or_default() += answer.tokens as u64;
     stats.reused += answer.reused_tokens as u64;
-    let final_answer = format!("{}{}", s.answer_prefix, answer.text)
-        .trim()
-        .to_string();
+    let final_answer = final_answer(s, answer);
     let body = score_context(&o.reasoning);
     let response = format!("<think>\n{body}\n{THINK_CLOSE}\n\n{final_answer}");
     let natural_end = o
         .steps
         .last()
         .is_some_and(|st| NATURAL_ENDS.contains(&st.finish.as_str()));
-    let predicted = extract_answer(&final_answer);
-    let verdict = predicted.as_deref().map(|x| verify(&p.answer, x));
+    let (predicted, verdict) = check_answer(p, &final_answer);
     let correct = verdict.as_ref().is_some_and(|v| v.equal);
     let predicted_normalized = verdict.map(|v| v.prediction);
     Record {
@@ -628,6 +630,27 @@ pub(crate) fn build_record(
     }
 }
 
+/// The answer section of a record: the answer prefix and the answering teacher's text.
+fn final_answer(s: &Settings, answer: &Proposal) -> String {
+    format!("{}{}", s.answer_prefix, answer.text)
+        .trim()
+        .to_string()
+}
+
+/// The answer extracted from an answer section and its verdict against the known answer.
+fn check_answer(p: &Problem, final_answer: &str) -> (Option<String>, Option<Verdict>) {
+    let predicted = extract_answer(final_answer);
+    let verdict = predicted.as_deref().map(|x| verify(&p.answer, x));
+    (predicted, verdict)
+}
+
+/// Whether the answer a teacher wrote verifies against the problem's known answer.
+pub(crate) fn answer_verifies(s: &Settings, p: &Problem, answer: &Proposal) -> bool {
+    check_answer(p, &final_answer(s, answer))
+        .1
+        .is_some_and(|v| v.equal)
+}
+
 fn record_stats(s: &Settings, stats: StatsAcc, started: Instant) -> RecordStats {
     RecordStats {
         tokens_generated: stats.tokens,
@@ -637,6 +660,7 @@ fn record_stats(s: &Settings, stats: StatsAcc, started: Instant) -> RecordStats 
         rejected: stats.rejected,
         beams_resampled: stats.beams_resampled,
         beams_dropped: stats.beams_dropped,
+        extra_answers: stats.extra_answers,
         prefix_tokens_reused: s.record_timing.then_some(stats.reused),
         seconds: s.record_timing.then(|| started.elapsed().as_secs_f64()),
     }

@@ -154,6 +154,44 @@ fn final_pick_ties_go_to_the_earliest_finished() {
 }
 
 #[test]
+fn an_unverified_answer_moves_on_to_the_next_finished_trajectory() {
+    // `verify_beams`: the best finished trajectory (B, tie at 0.9, finished first) is answered
+    // 41, which does not verify against 42; the next one (C, answered by its own last teacher
+    // t1) is answered 42 and kept.
+    let pool = pool(3, "beam_width = 2\nverify_beams = true");
+    let mut b = basic_script(0.9);
+    let rec = drive(&pool, problem("p1", "42"), &mut b);
+    let asked: Vec<usize> = b.answer_requests().iter().map(|r| r.teacher).collect();
+    assert_eq!(asked, vec![0, 1]);
+    assert!(rec.correct);
+    assert_eq!(rec.answer_teacher, "t1");
+    assert_eq!(rec.steps.len(), 3);
+    assert_eq!(rec.steps[2].text, "### Step 3. final C</think>");
+    assert_eq!(rec.final_answer, "The final answer is \\boxed{42}.");
+    assert!((rec.score - 0.9).abs() < 1e-12);
+    assert_eq!(rec.stats.extra_answers, 1);
+
+    // When no answer verifies, the best trajectory's record is kept; both answers were written.
+    let mut b = basic_script(0.9);
+    let rec = drive(&pool, problem("p1", "7"), &mut b);
+    assert_eq!(b.answer_requests().len(), 2);
+    assert!(!rec.correct);
+    assert_eq!(rec.answer_teacher, "t0");
+    assert_eq!(rec.final_answer, "So \\boxed{41}.");
+    assert_eq!(rec.stats.extra_answers, 1);
+
+    // A verified best answer is the only one written; off, the paper's single answer.
+    let mut b = basic_script(0.95);
+    let rec = drive(&pool, problem("p1", "42"), &mut b);
+    assert_eq!((b.answer_requests().len(), rec.stats.extra_answers), (1, 0));
+    let off = common::pool(3, "beam_width = 2\nverify_beams = false");
+    let mut b = basic_script(0.9);
+    let rec = drive(&off, problem("p1", "42"), &mut b);
+    assert_eq!(b.answer_requests().len(), 1);
+    assert!(!rec.correct);
+}
+
+#[test]
 fn ties_parent_rank_then_teacher_order_and_dedupe() {
     let pool = pool(2, "beam_width = 2\nsave_tree = true");
     let mut b = backend(2);

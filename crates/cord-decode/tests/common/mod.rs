@@ -31,7 +31,8 @@ pub fn pool_with_scorer(k: usize, search: &str, scorer: &str) -> PoolConfig {
 
 /// The scripted tests drive the beam mechanics with placeholder step texts ("A", "B1"), which
 /// `[filter] progress_first` would sort by their digits, and scripted scores that
-/// `search.close_candidate` would let a beam's own closing outbid: both are off unless the test
+/// `search.close_candidate` would let a beam's own closing outbid; scripted answers are often
+/// "wrong", which `search.verify_beams` would answer again: all three are off unless the test
 /// names them (tests/hygiene.rs and tests/search.rs test them on their own).
 fn scripted_pool(toml: &str, search: &str) -> PoolConfig {
     let mut p = PoolConfig::from_toml_str(toml, "test-pool").unwrap();
@@ -40,6 +41,9 @@ fn scripted_pool(toml: &str, search: &str) -> PoolConfig {
     }
     if !search.contains("close_candidate") {
         p.search.close_candidate = false;
+    }
+    if !search.contains("verify_beams") {
+        p.search.verify_beams = false;
     }
     p
 }
