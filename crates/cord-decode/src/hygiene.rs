@@ -52,6 +52,11 @@ pub struct FilterConfig {
     /// the score rewards a step that makes the answer likely, not one whose arithmetic is
     /// right, and a small teacher's false formula can win on it.
     pub check_arithmetic: bool,
+    /// Reject a step that ends inside a formula: a math block left open (`\[` or `\(` without
+    /// its closing delimiter, an odd number of `$$`) and the text ending on an operator, `=`,
+    /// `\times`, `\cdot`, `\div` or an open brace or parenthesis — a step cut by the step cap
+    /// mid-formula, such as `\[ 10 \times` (gsm8k-740 in the README).
+    pub reject_unfinished_math: bool,
 }
 
 impl Default for FilterConfig {
@@ -68,6 +73,7 @@ impl Default for FilterConfig {
             min_text_ratio: 0.3,
             progress_first: true,
             check_arithmetic: true,
+            reject_unfinished_math: true,
         }
     }
 }
@@ -127,6 +133,8 @@ pub enum Reject {
     NoProgress,
     /// States a false equality between numbers (`check_arithmetic`).
     WrongArithmetic,
+    /// Ends inside a formula (`reject_unfinished_math`).
+    UnfinishedMath,
 }
 
 impl Reject {
@@ -139,6 +147,7 @@ impl Reject {
             Reject::NonText => "non-text",
             Reject::NoProgress => "no-progress",
             Reject::WrongArithmetic => "wrong-arithmetic",
+            Reject::UnfinishedMath => "unfinished-math",
         }
     }
 }
@@ -152,6 +161,19 @@ impl std::fmt::Display for Reject {
 /// Whitespace runs collapsed to one space, ends trimmed.
 pub fn normalize_ws(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A display or inline math block left open (more `\[` than `\]`, more `\(` than `\)`,
+/// or an odd number of `$$`) with the text ending on an operator: the formula is unfinished.
+fn unfinished_math(body: &str) -> bool {
+    let open = body.matches("\\[").count() > body.matches("\\]").count()
+        || body.matches("\\(").count() > body.matches("\\)").count()
+        || body.matches("$$").count() % 2 == 1;
+    let t = body.trim_end();
+    open && (t.ends_with(['+', '-', '*', '/', '=', '^', '(', '{', '_'])
+        || ["\\times", "\\cdot", "\\div", "\\frac", "\\sqrt"]
+            .iter()
+            .any(|op| t.ends_with(op)))
 }
 
 /// The body of a step: a leading `### Step N.` header and a trailing `</think>` removed.
@@ -203,6 +225,9 @@ pub fn check_step(body: &str, earlier: &[&str], cfg: &FilterConfig) -> Option<Re
                 return Some(Reject::RepeatsEarlierStep);
             }
         }
+    }
+    if cfg.reject_unfinished_math && unfinished_math(body) {
+        return Some(Reject::UnfinishedMath);
     }
     if cfg.check_arithmetic && crate::arithmetic::false_equality(body).is_some() {
         return Some(Reject::WrongArithmetic);
@@ -628,6 +653,36 @@ mod tests {
         );
         assert_eq!(states_answer("so \\boxed{7}"), Some(12));
         assert_eq!(states_answer("3 + 4 = 7"), None);
+    }
+
+    #[test]
+    fn a_step_ending_inside_a_formula_is_rejected() {
+        // gsm8k-740: SmolLM2's step cut by the 80-token step cap inside a formula.
+        let cut = "### Step 3. We add 10 to the result of the previous step:\n\\[ 10 \\times";
+        assert_eq!(check(cut), Some(Reject::UnfinishedMath));
+        assert_eq!(
+            check("### Step 3. So $$x = 2$$ and $$x ="),
+            Some(Reject::UnfinishedMath)
+        );
+        assert_eq!(
+            check("### Step 3. Inline \\(5 \\times (2 +"),
+            Some(Reject::UnfinishedMath)
+        );
+        assert_eq!(
+            check("### Step 3. \\[ \\frac{3}{"),
+            Some(Reject::UnfinishedMath)
+        );
+        // Closed, or open but not ending on an operator: kept.
+        assert_eq!(
+            check("### Step 2. \\[ 5 \\times 2 = 10 \\]\nSo 10 like music."),
+            None
+        );
+        assert_eq!(check("### Step 2. \\[ \\frac{42}{3} = 14 \\"), None);
+        let off = FilterConfig {
+            reject_unfinished_math: false,
+            ..FilterConfig::default()
+        };
+        assert_eq!(check_step(cut, &[], &off), None);
     }
 
     #[test]
