@@ -209,13 +209,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
 }
 
 /// `cord bench kernels`: every custom op on the device against its reference (see
-/// `cord_kv::ops::check::parity` and `cord_runtime::logprob::parity`).
+/// `cord_kernels::check::parity`), then its speed (`cord_kernels::check::timings`).
 fn kernels(a: KernelsArgs) -> Result<ExitCode> {
     let spec = DeviceSpec::parse(&a.device)?;
     let dev = Engine::new().device(spec)?;
     let t0 = Instant::now();
-    let mut results = cord_runtime::logprob::parity(&dev)?;
-    results.extend(cord_kv::ops::check::parity(&dev)?);
+    let results = cord_kernels::check::parity(&dev)?;
     let secs = t0.elapsed().as_secs_f64();
     // One row per op and dtype: cases, worst error, tolerance, verdict.
     let mut groups: BTreeMap<(&str, String), (usize, f64, f64, usize)> = BTreeMap::new();
@@ -256,10 +255,9 @@ fn kernels(a: KernelsArgs) -> Result<ExitCode> {
         &["op", "dtype", "cases", "max rel err", "tol", "result"],
         &rows,
     );
-    let failed: Vec<&cord_kv::ops::check::Parity> = results.iter().filter(|r| !r.ok).collect();
+    let failed: Vec<&cord_kernels::check::Parity> = results.iter().filter(|r| !r.ok).collect();
     // Speed of each op against plain candle ops doing the same work, on the same device.
-    let mut timings = cord_runtime::logprob::timings(&dev)?;
-    timings.extend(cord_kv::ops::check::timings(&dev)?);
+    let timings = cord_kernels::check::timings(&dev)?;
     let _ = writeln!(out, "\nspeed on {spec} (mean per call)");
     let rows: Vec<Vec<String>> = timings
         .iter()

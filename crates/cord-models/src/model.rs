@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use candle_core::{D, DType, Device, Tensor};
-use cord_kv::ops::{AttentionParams, AttentionPlan, PlanSeq, paged_attention};
+use cord_kernels::{AttentionParams, AttentionPlan, PlanSeq, paged_attention};
 use cord_kv::{KvCache, KvConfig, SeqId};
 
 use crate::config::ModelConfig;
@@ -27,7 +27,7 @@ pub enum LogitsMode {
 /// How attention reads the paged KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attention {
-    /// `cord_kv::ops::paged_attention`: every layer reads K/V through the block tables in one
+    /// `cord_kernels::paged_attention`: every layer reads K/V through the block tables in one
     /// op for the whole batch (the CUDA kernel on GPUs, its CPU reference elsewhere).
     Paged,
     /// Per sequence: gather its K/V into dense tensors, then masked matmul + softmax (candle ops).

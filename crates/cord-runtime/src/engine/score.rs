@@ -8,7 +8,7 @@ use cord_kv::SeqId;
 use cord_models::{LogitsMode, SeqInput};
 
 use super::{EngineError, EngineModel, Result, is_out_of_blocks, model_err};
-use crate::logprob::token_logprobs;
+use cord_kernels::token_logprobs;
 
 /// Teacher-forced scoring of `continuation` after `context` (tokenized jointly).
 #[derive(Debug, Clone)]
