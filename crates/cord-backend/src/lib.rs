@@ -138,10 +138,7 @@ fn kv_per_device(
         let bytes = engine
             .kv_pool_bytes(opts.kv_memory, device, &resolved)
             .map_err(|e| match e {
-                EngineError::KvAuto(message) => Error::Config {
-                    key: "kv-mib auto".into(),
-                    message,
-                },
+                EngineError::KvAuto(_) => Error::backend(e),
                 e => load_err(&device.to_string(), e),
             })?;
         out.insert(device, bytes);

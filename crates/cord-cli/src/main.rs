@@ -14,6 +14,7 @@ use cord_runtime::sampling::SamplingParams;
 mod bench;
 mod eval;
 mod export;
+mod hint;
 mod interrupt;
 mod merge;
 mod report;
@@ -215,7 +216,7 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", hint::flag_hint(&e).unwrap_or(""));
             ExitCode::FAILURE
         }
     }

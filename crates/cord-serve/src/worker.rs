@@ -148,7 +148,9 @@ impl Worker {
 fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::Invalid(m) => ApiError::invalid(m),
-        EngineError::KvTooSmall { .. } => ApiError::invalid(e.to_string()),
+        EngineError::KvTooSmall { .. } => ApiError::invalid(format!(
+            "{e}; the server needs more KV memory (cord serve --kv-mib)"
+        )),
         other => ApiError::internal(other.to_string()),
     }
 }

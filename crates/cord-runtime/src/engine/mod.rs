@@ -19,7 +19,7 @@ use cord_kv::{KvCache, KvError, SeqId};
 use cord_models::{LoadOptions, LoadedModel};
 
 use crate::chat::ChatTemplate;
-use crate::memory::{DeviceMemory, Placed};
+use crate::memory::{DeviceMemory, DoesNotFit, KvAutoError, Placed};
 
 pub use crate::stop::Finish;
 use device::dense_bytes;
@@ -38,19 +38,21 @@ pub enum EngineError {
     DeviceUnavailable { device: String, message: String },
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
+    /// One request needs more blocks than the model's whole KV pool holds.
     #[error(
-        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool); give it more KV memory (cord: --kv-mib)"
+        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool)"
     )]
     KvTooSmall {
         model: String,
         needed: usize,
         total: usize,
     },
-    #[error("{0}")]
-    OutOfMemory(String),
+    /// A model does not fit its device's memory budget.
+    #[error(transparent)]
+    OutOfMemory(Box<DoesNotFit>),
     /// The KV pools of a device cannot be sized automatically.
-    #[error("{0}")]
-    KvAuto(String),
+    #[error(transparent)]
+    KvAuto(Box<KvAutoError>),
     #[error("unknown model id {0}")]
     UnknownModel(usize),
     #[error("{0}")]
@@ -58,6 +60,12 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl From<KvAutoError> for EngineError {
+    fn from(e: KvAutoError) -> Self {
+        EngineError::KvAuto(Box::new(e))
+    }
+}
 
 fn model_err(model: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Model {
