@@ -14,6 +14,7 @@ use cord_decode::backend::{
 };
 use cord_decode::config::{PoolConfig, ScorerModel};
 use cord_decode::error::{Error, Result};
+pub use cord_runtime::engine::Attention;
 pub use cord_runtime::engine::Parallel;
 use cord_runtime::engine::ScoreRequest as EngineScore;
 use cord_runtime::engine::{
@@ -37,6 +38,8 @@ pub struct BackendOptions {
     pub parallel: Parallel,
     /// Share of each GPU's memory that weights + KV pools may take.
     pub gpu_memory_fraction: f64,
+    /// How every model's attention reads the paged cache.
+    pub attention: Attention,
 }
 
 impl Default for BackendOptions {
@@ -47,6 +50,7 @@ impl Default for BackendOptions {
             device_override: None,
             parallel: Parallel::Device,
             gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
+            attention: Attention::default(),
         }
     }
 }
@@ -194,6 +198,7 @@ impl EngineBackend {
                 dtype: pool_dtype(dtype, device)?,
                 kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
+                attention: opts.attention,
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");

@@ -585,9 +585,9 @@ fn gguf_weight_bytes(path: &Path) -> Option<u64> {
 
 fn load_subject(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let mut s = load_subject_model(t, engine)?;
-    if let Some(a) = t.attention.as_deref().and_then(Attention::parse) {
-        s.model.set_attention(a);
-    }
+    let attention = t.attention.as_deref().and_then(Attention::parse);
+    s.model
+        .set_attention(attention.unwrap_or_else(crate::attention_from_env));
     Ok(s)
 }
 
@@ -1287,6 +1287,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     let opts = BackendOptions {
         kv_memory: KvMemory::Fixed(a.kv_mib << 20),
         device_override: a.device.clone(),
+        attention: crate::attention_from_env(),
         ..BackendOptions::default()
     };
     let mut out = table_out(&a.common);

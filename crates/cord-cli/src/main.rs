@@ -118,9 +118,19 @@ impl ModelArgs {
                 .flatten(),
             dequantize: self.dequantize,
             kv_memory: self.kv_mib << 20,
+            attention: attention_from_env(),
             ..ModelOptions::default()
         })
     }
+}
+
+/// `CORD_ATTENTION=paged|gather`: how every model's attention reads the paged cache (default
+/// `paged`; see [`cord_models::Attention`]). Read here, at the binary's edge, and passed down.
+pub(crate) fn attention_from_env() -> cord_models::Attention {
+    std::env::var("CORD_ATTENTION")
+        .ok()
+        .and_then(|v| cord_models::Attention::parse(&v))
+        .unwrap_or_default()
 }
 
 #[derive(Args)]

@@ -31,10 +31,17 @@ fn need(test: &str, models: &[&str]) -> Option<std::path::PathBuf> {
     require(test, &refs)
 }
 
+/// `CORD_ATTENTION=gather` runs these tests with the gather attention path (as it does the
+/// `cord` binary): `scores_do_not_depend_on_the_batch` then fails (docs/testing.md).
 fn opts() -> ModelOptions {
+    let attention = std::env::var("CORD_ATTENTION")
+        .ok()
+        .and_then(|v| cord_models::Attention::parse(&v))
+        .unwrap_or_default();
     ModelOptions {
         // A few thousand tokens is plenty here; the default (1 GiB) would only cost RAM.
         kv_memory: 64 << 20,
+        attention,
         ..ModelOptions::default()
     }
 }

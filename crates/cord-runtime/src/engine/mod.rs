@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use cord_kv::{KvCache, KvError, SeqId};
+pub use cord_models::Attention;
 use cord_models::{LoadOptions, LoadedModel};
 
 use crate::chat::ChatTemplate;
@@ -87,6 +88,8 @@ pub struct ModelOptions {
     pub dequantize: bool,
     /// Most new tokens fed to one forward call (chunked prefill).
     pub max_batch_tokens: usize,
+    /// How the model's attention reads the paged cache.
+    pub attention: Attention,
 }
 
 impl Default for ModelOptions {
@@ -98,6 +101,7 @@ impl Default for ModelOptions {
             block_size: 16,
             dequantize: false,
             max_batch_tokens: 1024,
+            attention: Attention::default(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Engine {
             dtype,
             device: device.clone(),
             dequantize: opts.dequantize,
+            attention: opts.attention,
             ..Default::default()
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
