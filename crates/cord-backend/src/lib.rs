@@ -16,7 +16,7 @@ use cord_decode::config::{PoolConfig, ScorerModel};
 use cord_decode::error::{Error, Result};
 pub use cord_runtime::engine::Attention;
 pub use cord_runtime::engine::Parallel;
-use cord_runtime::engine::ScoreRequest as EngineScore;
+use cord_runtime::engine::TokenScoreRequest;
 use cord_runtime::engine::{
     DeviceSpec, Engine, EngineError, GenRequest, ModelId, ModelOptions, ModelStats,
 };
@@ -375,7 +375,7 @@ impl Backend for EngineBackend {
 
     fn score(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<Score>> {
         let mut out: Vec<Option<Score>> = vec![None; reqs.len()];
-        let mut groups: BTreeMap<usize, Vec<(usize, EngineScore)>> = BTreeMap::new();
+        let mut groups: BTreeMap<usize, Vec<(usize, TokenScoreRequest)>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
             let role = self
                 .scorers
@@ -384,13 +384,13 @@ impl Backend for EngineBackend {
             let context = self.prompt(role, &r.question, &r.context)?;
             groups.entry(role.model.0).or_default().push((
                 i,
-                EngineScore {
+                TokenScoreRequest {
                     context,
                     continuation: r.target.clone(),
                 },
             ));
         }
-        let jobs: Vec<(ModelId, Vec<EngineScore>)> = groups
+        let jobs: Vec<(ModelId, Vec<TokenScoreRequest>)> = groups
             .iter()
             .map(|(&m, items)| (ModelId(m), items.iter().map(|(_, s)| s.clone()).collect()))
             .collect();

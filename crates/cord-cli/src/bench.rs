@@ -34,7 +34,7 @@ use cord_decode::config::{Method, PoolConfig, SearchOverrides};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
 use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
-use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest, parse_dtype};
+use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, TokenScoreRequest, parse_dtype};
 use cord_runtime::memory::DEFAULT_KV_MIB;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -1147,11 +1147,11 @@ fn score(a: ScoreArgs) -> Result<()> {
     let ctx = words(&rng.tokens(a.context_len, vocab));
     let (mut reuse_t, mut fresh_t, mut reused_tokens, mut fresh_reused) = (vec![], vec![], 0, 0);
     for _ in 0..a.common.repeat {
-        let cands: Vec<ScoreRequest> = (0..a.candidates)
+        let cands: Vec<TokenScoreRequest> = (0..a.candidates)
             .map(|_| {
                 let step = words(&rng.tokens(a.step_len, vocab));
                 let ans = words(&rng.tokens(a.answer_len, vocab));
-                ScoreRequest {
+                TokenScoreRequest {
                     context: if step.is_empty() {
                         ctx.clone()
                     } else {
@@ -1165,7 +1165,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         engine.model_mut(id)?.clear_prefix_cache();
         engine.score(
             id,
-            &[ScoreRequest {
+            &[TokenScoreRequest {
                 context: ctx.clone(),
                 continuation: " t1".into(),
             }],

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cord_runtime::engine::{
-    DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest, parse_dtype,
+    DeviceSpec, Engine, GenRequest, ModelOptions, TokenScoreRequest, parse_dtype,
 };
 use cord_runtime::memory::{DEFAULT_GPU_MEMORY_FRACTION, DEFAULT_KV_MIB};
 use cord_runtime::sampling::SamplingParams;
@@ -307,7 +307,7 @@ fn score(a: ScoreArgs) -> Result<ExitCode> {
     let id = engine.add_model(&a.model.model, &a.model.options()?)?;
     let outs = engine.score(
         id,
-        &[ScoreRequest {
+        &[TokenScoreRequest {
             context: a.context.clone(),
             continuation: a.continuation.clone(),
         }],

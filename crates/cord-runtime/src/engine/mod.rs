@@ -28,7 +28,7 @@ pub use device::{DeviceSpec, parse_dtype};
 pub use generate::{GenOutput, GenRequest};
 pub use parallel::Parallel;
 pub use scheduler::{Event, RequestId, Scheduler, SchedulerStats};
-pub use score::{ScoreOutput, ScoreRequest};
+pub use score::{ScoreOutput, TokenScoreRequest};
 
 /// Errors of the engine. Model and cache errors are wrapped with the model's name.
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +297,7 @@ impl Engine {
     }
 
     /// Teacher-forced log-probs of each continuation after its context, batched.
-    pub fn score(&mut self, id: ModelId, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
+    pub fn score(&mut self, id: ModelId, reqs: &[TokenScoreRequest]) -> Result<Vec<ScoreOutput>> {
         self.model_mut(id)?.score_timed(reqs, 0)
     }
 
@@ -306,7 +306,7 @@ impl Engine {
     pub fn score_top(
         &mut self,
         id: ModelId,
-        reqs: &[ScoreRequest],
+        reqs: &[TokenScoreRequest],
         top: usize,
     ) -> Result<Vec<ScoreOutput>> {
         self.model_mut(id)?.score_timed(reqs, top)
