@@ -319,13 +319,18 @@ mod tests {
         assert_eq!(per, 55 * gb / 2);
         let e = auto_kv_bytes("cuda:0", &mem, &[("a".into(), 95 * gb)]).unwrap_err();
         assert!(matches!(e, KvAutoError::TooLittle { reserve, .. } if reserve == 5 * gb));
-        let e = e.to_string();
-        for part in [
+        let parts = [
             "cuda:0",
             "`a` 95.00 GiB",
             "reserve of 5.00 GiB",
             "leave 0.00 GiB for 1 pool(s)",
-        ] {
+        ];
+        assert_says(&e, &parts);
+    }
+
+    fn assert_says(e: &dyn std::error::Error, parts: &[&str]) {
+        let e = e.to_string();
+        for part in parts {
             assert!(e.contains(part), "{part:?} missing from {e}");
         }
     }
@@ -343,14 +348,12 @@ mod tests {
         d.check("cuda:0", "b", 2 << 30, 1 << 30).unwrap();
         let e = d.check("cuda:0", "b", 3 << 30, 1 << 30).unwrap_err();
         assert_eq!((e.left, e.placed.len()), (3 << 30, 1));
-        let e = e.to_string();
-        for part in [
+        let parts = [
             "model `b` does not fit on cuda:0",
             "weights 3.00 GiB + KV pool 1.00 GiB = 4.00 GiB",
             "only 3.00 GiB of the 10.00 GiB budget (test) is left",
             "`a` 6.00 GiB weights + 1.00 GiB KV",
-        ] {
-            assert!(e.contains(part), "{part:?} missing from {e}");
-        }
+        ];
+        assert_says(&*e, &parts);
     }
 }
