@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compile every kernels/*.cu with NVRTC exactly as cord does at run time (no headers, arch
-sm_90; cord_kv::ops::compile_ptx), without a GPU: NVRTC is a host library. Prints the PTX version
+sm_90; cord_kernels::cuda::compile_ptx), without a GPU: NVRTC is a host library. Prints the PTX version
 and target of each result and exits 1 on a compile error (with NVRTC's log).
 
     python3 scripts/nvrtc-check.py [LIBNVRTC]   # default: libnvrtc.so.13 from LIBRARY_PATH /

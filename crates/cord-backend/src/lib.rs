@@ -14,8 +14,9 @@ use cord_decode::backend::{
 };
 use cord_decode::config::{PoolConfig, ScorerModel};
 use cord_decode::error::{Error, Result};
+pub use cord_runtime::engine::Attention;
 pub use cord_runtime::engine::Parallel;
-use cord_runtime::engine::ScoreRequest as EngineScore;
+use cord_runtime::engine::TokenScoreRequest;
 use cord_runtime::engine::{
     DeviceSpec, Engine, EngineError, GenRequest, ModelId, ModelOptions, ModelStats,
 };
@@ -37,6 +38,8 @@ pub struct BackendOptions {
     pub parallel: Parallel,
     /// Share of each GPU's memory that weights + KV pools may take.
     pub gpu_memory_fraction: f64,
+    /// How every model's attention reads the paged cache.
+    pub attention: Attention,
 }
 
 impl Default for BackendOptions {
@@ -47,6 +50,7 @@ impl Default for BackendOptions {
             device_override: None,
             parallel: Parallel::Device,
             gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
+            attention: Attention::default(),
         }
     }
 }
@@ -138,10 +142,7 @@ fn kv_per_device(
         let bytes = engine
             .kv_pool_bytes(opts.kv_memory, device, &resolved)
             .map_err(|e| match e {
-                EngineError::KvAuto(message) => Error::Config {
-                    key: "kv-mib auto".into(),
-                    message,
-                },
+                EngineError::KvAuto(_) => Error::backend(e),
                 e => load_err(&device.to_string(), e),
             })?;
         out.insert(device, bytes);
@@ -197,6 +198,7 @@ impl EngineBackend {
                 dtype: pool_dtype(dtype, device)?,
                 kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
+                attention: opts.attention,
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");
@@ -373,7 +375,7 @@ impl Backend for EngineBackend {
 
     fn score(&mut self, reqs: &[ScoreRequest]) -> Result<Vec<Score>> {
         let mut out: Vec<Option<Score>> = vec![None; reqs.len()];
-        let mut groups: BTreeMap<usize, Vec<(usize, EngineScore)>> = BTreeMap::new();
+        let mut groups: BTreeMap<usize, Vec<(usize, TokenScoreRequest)>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
             let role = self
                 .scorers
@@ -382,13 +384,13 @@ impl Backend for EngineBackend {
             let context = self.prompt(role, &r.question, &r.context)?;
             groups.entry(role.model.0).or_default().push((
                 i,
-                EngineScore {
+                TokenScoreRequest {
                     context,
                     continuation: r.target.clone(),
                 },
             ));
         }
-        let jobs: Vec<(ModelId, Vec<EngineScore>)> = groups
+        let jobs: Vec<(ModelId, Vec<TokenScoreRequest>)> = groups
             .iter()
             .map(|(&m, items)| (ModelId(m), items.iter().map(|(_, s)| s.clone()).collect()))
             .collect();

@@ -34,7 +34,7 @@ use cord_decode::config::{Method, PoolConfig, SearchOverrides};
 use cord_decode::{Record, Settings, read_problems};
 use cord_kv::{KvCache, SeqId};
 use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
-use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, ScoreRequest, parse_dtype};
+use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, TokenScoreRequest, parse_dtype};
 use cord_runtime::memory::DEFAULT_KV_MIB;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -209,13 +209,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
 }
 
 /// `cord bench kernels`: every custom op on the device against its reference (see
-/// `cord_kv::ops::check::parity` and `cord_runtime::logprob::parity`).
+/// `cord_kernels::check::parity`), then its speed (`cord_kernels::check::timings`).
 fn kernels(a: KernelsArgs) -> Result<ExitCode> {
     let spec = DeviceSpec::parse(&a.device)?;
     let dev = Engine::new().device(spec)?;
     let t0 = Instant::now();
-    let mut results = cord_runtime::logprob::parity(&dev)?;
-    results.extend(cord_kv::ops::check::parity(&dev)?);
+    let results = cord_kernels::check::parity(&dev)?;
     let secs = t0.elapsed().as_secs_f64();
     // One row per op and dtype: cases, worst error, tolerance, verdict.
     let mut groups: BTreeMap<(&str, String), (usize, f64, f64, usize)> = BTreeMap::new();
@@ -256,10 +255,9 @@ fn kernels(a: KernelsArgs) -> Result<ExitCode> {
         &["op", "dtype", "cases", "max rel err", "tol", "result"],
         &rows,
     );
-    let failed: Vec<&cord_kv::ops::check::Parity> = results.iter().filter(|r| !r.ok).collect();
+    let failed: Vec<&cord_kernels::check::Parity> = results.iter().filter(|r| !r.ok).collect();
     // Speed of each op against plain candle ops doing the same work, on the same device.
-    let mut timings = cord_runtime::logprob::timings(&dev)?;
-    timings.extend(cord_kv::ops::check::timings(&dev)?);
+    let timings = cord_kernels::check::timings(&dev)?;
     let _ = writeln!(out, "\nspeed on {spec} (mean per call)");
     let rows: Vec<Vec<String>> = timings
         .iter()
@@ -587,9 +585,9 @@ fn gguf_weight_bytes(path: &Path) -> Option<u64> {
 
 fn load_subject(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let mut s = load_subject_model(t, engine)?;
-    if let Some(a) = t.attention.as_deref().and_then(Attention::parse) {
-        s.model.set_attention(a);
-    }
+    let attention = t.attention.as_deref().and_then(Attention::parse);
+    s.model
+        .set_attention(attention.unwrap_or_else(crate::attention_from_env));
     Ok(s)
 }
 
@@ -1149,11 +1147,11 @@ fn score(a: ScoreArgs) -> Result<()> {
     let ctx = words(&rng.tokens(a.context_len, vocab));
     let (mut reuse_t, mut fresh_t, mut reused_tokens, mut fresh_reused) = (vec![], vec![], 0, 0);
     for _ in 0..a.common.repeat {
-        let cands: Vec<ScoreRequest> = (0..a.candidates)
+        let cands: Vec<TokenScoreRequest> = (0..a.candidates)
             .map(|_| {
                 let step = words(&rng.tokens(a.step_len, vocab));
                 let ans = words(&rng.tokens(a.answer_len, vocab));
-                ScoreRequest {
+                TokenScoreRequest {
                     context: if step.is_empty() {
                         ctx.clone()
                     } else {
@@ -1167,7 +1165,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         engine.model_mut(id)?.clear_prefix_cache();
         engine.score(
             id,
-            &[ScoreRequest {
+            &[TokenScoreRequest {
                 context: ctx.clone(),
                 continuation: " t1".into(),
             }],
@@ -1289,6 +1287,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     let opts = BackendOptions {
         kv_memory: KvMemory::Fixed(a.kv_mib << 20),
         device_override: a.device.clone(),
+        attention: crate::attention_from_env(),
         ..BackendOptions::default()
     };
     let mut out = table_out(&a.common);

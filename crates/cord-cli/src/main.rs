@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cord_runtime::engine::{
-    DeviceSpec, Engine, GenRequest, ModelOptions, ScoreRequest, parse_dtype,
+    DeviceSpec, Engine, GenRequest, ModelOptions, TokenScoreRequest, parse_dtype,
 };
 use cord_runtime::memory::{DEFAULT_GPU_MEMORY_FRACTION, DEFAULT_KV_MIB};
 use cord_runtime::sampling::SamplingParams;
@@ -14,6 +14,7 @@ use cord_runtime::sampling::SamplingParams;
 mod bench;
 mod eval;
 mod export;
+mod hint;
 mod interrupt;
 mod merge;
 mod report;
@@ -117,9 +118,19 @@ impl ModelArgs {
                 .flatten(),
             dequantize: self.dequantize,
             kv_memory: self.kv_mib << 20,
+            attention: attention_from_env(),
             ..ModelOptions::default()
         })
     }
+}
+
+/// `CORD_ATTENTION=paged|gather`: how every model's attention reads the paged cache (default
+/// `paged`; see [`cord_models::Attention`]). Read here, at the binary's edge, and passed down.
+pub(crate) fn attention_from_env() -> cord_models::Attention {
+    std::env::var("CORD_ATTENTION")
+        .ok()
+        .and_then(|v| cord_models::Attention::parse(&v))
+        .unwrap_or_default()
 }
 
 #[derive(Args)]
@@ -215,7 +226,7 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", hint::flag_hint(&e).unwrap_or(""));
             ExitCode::FAILURE
         }
     }
@@ -296,7 +307,7 @@ fn score(a: ScoreArgs) -> Result<ExitCode> {
     let id = engine.add_model(&a.model.model, &a.model.options()?)?;
     let outs = engine.score(
         id,
-        &[ScoreRequest {
+        &[TokenScoreRequest {
             context: a.context.clone(),
             continuation: a.continuation.clone(),
         }],

@@ -95,6 +95,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 kv_memory: KvMemory::Fixed(a.kv_mib << 20),
                 device_override: a.device.clone(),
                 gpu_memory_fraction: a.gpu_memory_fraction,
+                attention: crate::attention_from_env(),
                 ..BackendOptions::default()
             };
             Models::from_pool(pool, &opts)?
@@ -104,6 +105,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             let opts = ModelOptions {
                 device: DeviceSpec::parse(a.device.as_deref().unwrap_or("cpu"))?,
                 kv_memory: a.kv_mib << 20,
+                attention: crate::attention_from_env(),
                 ..ModelOptions::default()
             };
             Models::from_specs(&specs, &opts)?

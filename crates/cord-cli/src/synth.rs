@@ -333,6 +333,7 @@ pub(crate) fn run_pool(
         kv_memory: run.kv_mib,
         device_override: run.device.clone(),
         gpu_memory_fraction: run.gpu_memory_fraction,
+        attention: crate::attention_from_env(),
         ..BackendOptions::default()
     };
     EngineBackend::check(pool, &opts)?;

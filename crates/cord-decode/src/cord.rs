@@ -22,18 +22,17 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::backend::{Backend, Proposal, ProposeRequest};
 use crate::error::{Error, Result};
+use crate::expand::{Expansion, also_proposed, expansions, same_reasoning};
 use crate::hygiene::{Reject, makes_progress};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
-    Need, Outcome, Reply, ScoreDetail, Search, SelectedStep, Settings, StatsAcc, StepOutcome,
-    THINK_CLOSE, answer_request, answer_verifies, build_record, closed, expect_len, failed_record,
-    step_texts,
+    Need, Outcome, Reply, Run, ScoreDetail, Search, SelectedStep, Settings, StepOutcome,
+    THINK_CLOSE, answer_verifies, closed, expect_len, step_texts, wrong_reply,
 };
-use crate::seed::{Purpose, request_seed};
+use crate::seed::Purpose;
 
 #[derive(Debug, Clone)]
 struct Beam {
@@ -48,26 +47,21 @@ struct Beam {
     teacher: usize,
 }
 
-/// One expansion of the current step: a live beam continued by one teacher.
+/// One expansion of the current step ([`crate::expand`]): live beam `rank` continued by one
+/// teacher.
 #[derive(Debug, Clone)]
-struct Expansion {
+struct BeamExpansion {
     rank: usize,
-    teacher: usize,
-    header: String,
-    budget_limited: bool,
-    max_new: usize,
-    /// The think budget is already spent for this teacher: the parent is force-closed.
-    no_room: bool,
-    outcome: Option<StepOutcome>,
+    exp: Expansion,
     /// The step was rejected by the filter.
     rejected: Option<Reject>,
-    tokens: usize,
 }
 
-impl Expansion {
-    /// The slot gives no candidate: its step is empty or was rejected.
+impl BeamExpansion {
+    /// The expansion gives no candidate: its step is empty or was rejected.
     fn unusable(&self) -> bool {
-        !self.no_room && (self.rejected.is_some() || self.outcome == Some(StepOutcome::Blank))
+        !self.exp.no_room
+            && (self.rejected.is_some() || self.exp.outcome == Some(StepOutcome::Blank))
     }
 }
 
@@ -91,16 +85,16 @@ struct Cand {
 enum State {
     Expand,
     Proposing {
-        slots: Vec<Expansion>,
+        slots: Vec<BeamExpansion>,
         pending: Vec<usize>,
         resample: bool,
     },
     Resample {
-        slots: Vec<Expansion>,
+        slots: Vec<BeamExpansion>,
         pending: Vec<usize>,
     },
     Candidates {
-        slots: Vec<Expansion>,
+        slots: Vec<BeamExpansion>,
     },
     /// Force-close every live beam (max steps reached, or every candidate was dropped).
     ForceAll {
@@ -132,10 +126,8 @@ pub struct CordSearch {
     /// Rejected candidates so far (their tree ids start at [`REJECTED_IDS`]).
     rejected_count: u64,
     state: State,
-    stats: StatsAcc,
     tree: Vec<TreeEntry>,
-    started: Instant,
-    outcome: Option<Outcome>,
+    run: Run,
     /// Finished trajectories still to answer, best first (`verify_beams`); `None` until the
     /// first answer is asked for.
     to_answer: Option<Vec<usize>>,
@@ -166,32 +158,23 @@ impl CordSearch {
             next_id: 1,
             rejected_count: 0,
             state: State::Expand,
-            stats: StatsAcc::default(),
             tree: Vec::new(),
-            started: Instant::now(),
-            outcome: None,
+            run: Run::new(),
             to_answer: None,
             answered: Vec::new(),
             selected: Vec::new(),
         }
     }
 
-    fn propose_request(&self, slot: &Expansion, purpose: Purpose) -> ProposeRequest {
+    fn propose_request(&self, slot: &BeamExpansion, purpose: Purpose) -> ProposeRequest {
         let b = &self.live[slot.rank];
-        let prefix = format!("{}{}", b.reasoning, slot.header);
-        ProposeRequest {
-            teacher: slot.teacher,
-            question: self.p.question.clone(),
-            reasoning: prefix,
-            max_new_tokens: slot.max_new,
-            stop: self.s.step_stops(),
-            seed: request_seed(
-                &self.p.id,
-                purpose,
-                &[self.t as u64, b.id, slot.teacher as u64],
-                self.s.seed,
-            ),
-        }
+        slot.exp.request(
+            &self.s,
+            &self.p,
+            &b.reasoning,
+            purpose,
+            [self.t as u64, b.id],
+        )
     }
 
     fn expand(&mut self, backend: &mut dyn Backend) -> Result<Option<Need>> {
@@ -204,26 +187,17 @@ impl CordSearch {
         let mut pending = Vec::new();
         for rank in 0..self.live.len() {
             let header = self.s.header(self.t, &self.live[rank].pending);
-            let prefix = format!("{}{}", self.live[rank].reasoning, header);
-            for k in 0..self.s.num_teachers() {
-                let cap = self.s.step_caps[k];
-                let room = self.s.room(backend, k, &prefix, cap)?;
-                let mut slot = Expansion {
+            for exp in expansions(&self.s, backend, &self.live[rank].reasoning, &header)? {
+                let mut slot = BeamExpansion {
                     rank,
-                    teacher: k,
-                    header: header.clone(),
-                    budget_limited: room <= cap,
-                    max_new: cap.min(room),
-                    no_room: room == 0,
-                    outcome: None,
+                    exp,
                     rejected: None,
-                    tokens: 0,
                 };
-                if !slot.no_room {
+                if !slot.exp.no_room {
                     reqs.push(self.propose_request(&slot, Purpose::Propose));
                     pending.push(slots.len());
                 } else {
-                    slot.outcome = Some(StepOutcome::Blank);
+                    slot.exp.outcome = Some(StepOutcome::Blank);
                 }
                 slots.push(slot);
             }
@@ -247,7 +221,7 @@ impl CordSearch {
     }
 
     /// Candidates of this step in (parent rank, teacher) order, duplicates merged (O-10).
-    fn candidates(&mut self, slots: Vec<Expansion>) -> Vec<Cand> {
+    fn candidates(&mut self, slots: Vec<BeamExpansion>) -> Vec<Cand> {
         let mut cands: Vec<Cand> = Vec::new();
         for slot in slots {
             if slot.rejected.is_some() {
@@ -257,72 +231,43 @@ impl CordSearch {
             let parent = &self.live[slot.rank];
             let (parent_id, parent_reasoning) = (parent.id, parent.reasoning.clone());
             let id = self.new_id();
-            let cand = if slot.no_room {
-                Cand {
+            let (rank, teacher, header) = (slot.rank, slot.exp.teacher, slot.exp.header.clone());
+            let Some(child) = slot.exp.child(&parent_reasoning) else {
+                self.tree_entry(
+                    self.t,
                     id,
-                    rank: slot.rank,
-                    teacher: slot.teacher,
-                    reasoning: closed(&parent_reasoning),
-                    text: THINK_CLOSE.to_string(),
-                    tokens: 0,
-                    done: true,
-                    forced: true,
-                    reason: "budget",
-                    pending: String::new(),
-                    also: Vec::new(),
-                    score: None,
-                }
-            } else {
-                match slot.outcome {
-                    Some(StepOutcome::Step {
-                        body,
-                        done,
-                        forced,
-                        reason,
-                        next_header,
-                    }) => {
-                        let text = format!("{}{body}", slot.header);
-                        Cand {
-                            id,
-                            rank: slot.rank,
-                            teacher: slot.teacher,
-                            reasoning: format!("{parent_reasoning}{text}"),
-                            text,
-                            tokens: slot.tokens,
-                            done,
-                            forced,
-                            reason,
-                            pending: next_header,
-                            also: Vec::new(),
-                            score: None,
-                        }
-                    }
-                    _ => {
-                        self.tree_entry(
-                            self.t,
-                            id,
-                            Some(parent_id),
-                            Some(slot.rank),
-                            slot.teacher,
-                            &slot.header,
-                            None,
-                            false,
-                            false,
-                            Some("empty step dropped".into()),
-                            Vec::new(),
-                        );
-                        continue;
-                    }
-                }
+                    Some(parent_id),
+                    Some(rank),
+                    teacher,
+                    &header,
+                    None,
+                    false,
+                    false,
+                    Some("empty step dropped".into()),
+                    Vec::new(),
+                );
+                continue;
+            };
+            let cand = Cand {
+                id,
+                rank,
+                teacher,
+                reasoning: child.reasoning,
+                text: child.text,
+                tokens: child.tokens,
+                done: child.done,
+                forced: child.forced,
+                reason: child.reason,
+                pending: child.pending,
+                also: Vec::new(),
+                score: None,
             };
             if self.s.dedupe
                 && let Some(first) = cands
                     .iter_mut()
-                    .find(|c| c.reasoning.trim_end() == cand.reasoning.trim_end())
+                    .find(|c| same_reasoning(&c.reasoning, &cand.reasoning))
             {
-                if !first.also.contains(&cand.teacher) && first.teacher != cand.teacher {
-                    first.also.push(cand.teacher);
-                }
+                also_proposed(first.teacher, &mut first.also, cand.teacher);
                 let note = format!("duplicate of {}", first.id);
                 self.tree_entry(
                     self.t,
@@ -370,7 +315,9 @@ impl CordSearch {
                 kept.push(c);
                 continue;
             }
-            self.stats.reject(&self.s, c.teacher, Reject::NoProgress);
+            self.run
+                .stats
+                .reject(&self.s, c.teacher, Reject::NoProgress);
             let parent_id = self.live[c.rank].id;
             self.tree_entry(
                 self.t,
@@ -389,32 +336,27 @@ impl CordSearch {
         kept
     }
 
-    /// Filters a slot's new step: a rejection is counted and written to the tree.
-    fn check_slot(&mut self, slot: &Expansion, out: &StepOutcome) -> Option<Reject> {
+    /// Filters an expansion's new step: a rejection is counted and written to the tree.
+    fn check_slot(&mut self, slot: &BeamExpansion, out: &StepOutcome) -> Option<Reject> {
         let parent = &self.live[slot.rank];
-        let why = match out {
-            StepOutcome::Blank => {
-                self.stats.reject(&self.s, slot.teacher, Reject::Empty);
-                return None;
-            }
-            StepOutcome::Step { body, .. } => {
-                let text = format!("{}{body}", slot.header);
-                let why = self.s.reject(&text, &step_texts(&parent.steps))?;
-                (text, why)
-            }
+        let Some(text) = slot.exp.step_text(out) else {
+            self.run
+                .stats
+                .reject(&self.s, slot.exp.teacher, Reject::Empty);
+            return None;
         };
-        let (text, why) = why;
+        let why = self.s.reject(&text, &step_texts(&parent.steps))?;
         // Rejected candidates get ids of their own, so that beam ids (and the seeds drawn from
         // them) are the same with and without the filter.
         let (parent_id, id) = (parent.id, REJECTED_IDS + self.rejected_count);
         self.rejected_count += 1;
-        self.stats.reject(&self.s, slot.teacher, why);
+        self.run.stats.reject(&self.s, slot.exp.teacher, why);
         self.tree_entry(
             self.t,
             id,
             Some(parent_id),
             Some(slot.rank),
-            slot.teacher,
+            slot.exp.teacher,
             &text,
             None,
             false,
@@ -426,17 +368,17 @@ impl CordSearch {
     }
 
     /// Counts the beams left without a candidate and says why, for a failed record.
-    fn dropped_beams(&mut self, slots: &[Expansion]) -> String {
+    fn dropped_beams(&mut self, slots: &[BeamExpansion]) -> String {
         let mut reasons: Vec<String> = Vec::new();
         for rank in 0..self.live.len() {
-            let of_beam: Vec<&Expansion> = slots.iter().filter(|sl| sl.rank == rank).collect();
+            let of_beam: Vec<&BeamExpansion> = slots.iter().filter(|sl| sl.rank == rank).collect();
             if !of_beam.is_empty() && of_beam.iter().all(|sl| sl.unusable()) {
                 if self.s.filter.enabled {
-                    self.stats.beams_dropped += 1;
+                    self.run.stats.beams_dropped += 1;
                 }
                 for sl in of_beam {
                     let why = sl.rejected.map_or("empty", Reject::as_str);
-                    let r = format!("{}: {why}", self.s.teacher_names[sl.teacher]);
+                    let r = format!("{}: {why}", self.s.teacher_names[sl.exp.teacher]);
                     if !reasons.contains(&r) {
                         reasons.push(r);
                     }
@@ -737,21 +679,13 @@ impl Search for CordSearch {
                         score: best.score,
                         answer_teacher: best.teacher,
                     };
-                    let req = answer_request(&self.s, &self.p, &outcome);
-                    self.outcome = Some(outcome);
+                    let need = self.run.answer(&self.s, &self.p, outcome);
                     self.state = State::Answering;
-                    return Ok(Need::Answer(vec![req]));
+                    return Ok(need);
                 }
                 State::Failed(reason) => {
                     let tree = self.s.save_tree.then(|| std::mem::take(&mut self.tree));
-                    let rec = failed_record(
-                        &self.s,
-                        &self.p,
-                        reason,
-                        std::mem::take(&mut self.stats),
-                        tree,
-                        self.started,
-                    );
+                    let rec = self.run.failed(&self.s, &self.p, reason, tree);
                     return Ok(Need::Done(Box::new(rec)));
                 }
                 State::Finished(r) => return Ok(Need::Done(r)),
@@ -775,17 +709,16 @@ impl Search for CordSearch {
                 Reply::Proposals(ps),
             ) => {
                 let ps = expect_len(ps, pending.len(), "proposals")?;
-                let teachers: Vec<usize> = pending.iter().map(|&i| slots[i].teacher).collect();
-                self.stats.proposals(&self.s, &teachers, &ps);
+                let teachers: Vec<usize> = pending.iter().map(|&i| slots[i].exp.teacher).collect();
+                self.run.stats.proposals(&self.s, &teachers, &ps);
                 let mut again = Vec::new();
                 for (&i, p) in pending.iter().zip(&ps) {
-                    let out = self.s.step_outcome(p, slots[i].budget_limited);
+                    let out = slots[i].exp.receive(&self.s, p);
                     if out == StepOutcome::Blank && !resample && self.s.resample_empty {
                         again.push(i);
                     }
-                    slots[i].tokens = p.tokens;
                     slots[i].rejected = self.check_slot(&slots[i], &out);
-                    slots[i].outcome = Some(out);
+                    slots[i].exp.outcome = Some(out);
                 }
                 if self.s.filter.enabled && !resample {
                     // A beam whose every candidate is empty or rejected is proposed for once
@@ -794,9 +727,9 @@ impl Search for CordSearch {
                         let of_beam = || slots.iter().enumerate().filter(|(_, sl)| sl.rank == rank);
                         let any_pending = of_beam().any(|(i, _)| pending.contains(&i));
                         if any_pending && of_beam().all(|(_, sl)| sl.unusable()) {
-                            self.stats.beams_resampled += 1;
+                            self.run.stats.beams_resampled += 1;
                             for (i, sl) in of_beam() {
-                                if !sl.no_room && !again.contains(&i) {
+                                if !sl.exp.no_room && !again.contains(&i) {
                                     again.push(i);
                                 }
                             }
@@ -817,7 +750,7 @@ impl Search for CordSearch {
             (State::Scoring { mut cands, groups }, Reply::Scores(ss)) => {
                 let total: usize = groups.iter().map(|(_, js)| js.len()).sum();
                 let ss = expect_len(ss, total, "scores")?;
-                self.stats.scores(&ss);
+                self.run.stats.scores(&ss);
                 let mut at = 0;
                 for (i, js) in groups {
                     let d = self.s.aggregate(&js, &ss[at..at + js.len()]);
@@ -830,6 +763,7 @@ impl Search for CordSearch {
             (State::Answering, Reply::Answers(a)) => {
                 let mut a = expect_len(a, 1, "answers")?;
                 let outcome = self
+                    .run
                     .outcome
                     .take()
                     .ok_or_else(|| Error::Protocol("no outcome".into()))?;
@@ -846,33 +780,24 @@ impl Search for CordSearch {
                 let keep = if verified { self.answered.len() - 1 } else { 0 };
                 let mut answered = std::mem::take(&mut self.answered);
                 let (outcome, answer) = answered.remove(keep);
+                let stats = &mut self.run.stats;
                 for (o, extra) in &answered {
-                    *self
-                        .stats
+                    *stats
                         .tokens
                         .entry(self.s.teacher_names[o.answer_teacher].clone())
                         .or_default() += extra.tokens as u64;
-                    self.stats.reused += extra.reused_tokens as u64;
-                    self.stats.extra_answers += 1;
+                    stats.reused += extra.reused_tokens as u64;
+                    stats.extra_answers += 1;
                 }
+                self.run.outcome = Some(outcome);
                 let tree = self.s.save_tree.then(|| std::mem::take(&mut self.tree));
-                let rec = build_record(
-                    &self.s,
-                    &self.p,
-                    outcome,
-                    &answer,
-                    std::mem::take(&mut self.stats),
-                    tree,
-                    self.started,
-                );
+                let rec = self.run.record(&self.s, &self.p, vec![answer], tree)?;
                 self.state = State::Finished(Box::new(rec));
                 Ok(())
             }
             (s, _) => {
                 self.state = s;
-                Err(Error::Protocol(
-                    "results of the wrong kind or at the wrong time".into(),
-                ))
+                Err(wrong_reply())
             }
         }
     }

@@ -2,7 +2,6 @@
 //! each is scored with the same S, the best one is kept and its teacher writes the answer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::chunked::Chunked;
@@ -10,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::hygiene::{Reject, degenerate_steps};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
-    Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, answer_request, build_record,
-    expect_len, failed_record, score_context,
+    Need, Outcome, Reply, Run, ScoreDetail, Search, Settings, expect_len, score_context,
+    wrong_reply,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -33,9 +32,7 @@ pub struct CurationSearch {
     trajs: Vec<Chunked>,
     scores: Vec<Option<ScoreDetail>>,
     state: State,
-    stats: StatsAcc,
-    started: Instant,
-    outcome: Option<Outcome>,
+    run: Run,
     tree: Option<Vec<TreeEntry>>,
 }
 
@@ -58,9 +55,7 @@ impl CurationSearch {
             trajs,
             scores,
             state: State::Generate,
-            stats: StatsAcc::default(),
-            started: Instant::now(),
-            outcome: None,
+            run: Run::new(),
             tree: None,
         }
     }
@@ -83,7 +78,7 @@ impl CurationSearch {
             .collect();
         for (t, why) in self.trajs.iter().zip(&rejected) {
             if let Some(why) = why {
-                self.stats.reject(&self.s, t.teacher, *why);
+                self.run.stats.reject(&self.s, t.teacher, *why);
             }
         }
         // Highest score; ties go to the earlier trajectory (teacher order, then sample).
@@ -107,14 +102,7 @@ impl CurationSearch {
                 .s
                 .save_tree
                 .then(|| self.tree_entries(usize::MAX, &rejected));
-            let rec = failed_record(
-                &self.s,
-                &self.p,
-                reason,
-                std::mem::take(&mut self.stats),
-                tree,
-                self.started,
-            );
+            let rec = self.run.failed(&self.s, &self.p, reason, tree);
             self.state = State::Over;
             return Need::Done(Box::new(rec));
         };
@@ -152,11 +140,10 @@ impl CurationSearch {
             score: d.score,
             answer_teacher: t.teacher,
         };
-        let req = answer_request(&self.s, &self.p, &outcome);
-        self.outcome = Some(outcome);
+        let need = self.run.answer(&self.s, &self.p, outcome);
         self.tree = tree;
         self.state = State::Answering;
-        Need::Answer(vec![req])
+        need
     }
 }
 
@@ -248,7 +235,7 @@ impl Search for CurationSearch {
             (State::Generating { pending }, Reply::Proposals(ps)) => {
                 let ps = expect_len(ps, pending.len(), "proposals")?;
                 let teachers: Vec<usize> = pending.iter().map(|&i| self.trajs[i].teacher).collect();
-                self.stats.proposals(&self.s, &teachers, &ps);
+                self.run.stats.proposals(&self.s, &teachers, &ps);
                 for (&i, p) in pending.iter().zip(&ps) {
                     self.trajs[i].absorb(&p.text, &p.finish, p.tokens, self.s.end_on_answer);
                 }
@@ -258,7 +245,7 @@ impl Search for CurationSearch {
             (State::Scoring { groups }, Reply::Scores(ss)) => {
                 let total: usize = groups.iter().map(Vec::len).sum();
                 let ss = expect_len(ss, total, "scores")?;
-                self.stats.scores(&ss);
+                self.run.stats.scores(&ss);
                 let mut at = 0;
                 for (i, js) in groups.iter().enumerate() {
                     self.scores[i] = Some(self.s.aggregate(js, &ss[at..at + js.len()]));
@@ -268,28 +255,13 @@ impl Search for CurationSearch {
                 Ok(())
             }
             (State::Answering, Reply::Answers(a)) => {
-                let a = expect_len(a, 1, "answers")?;
-                let outcome = self
-                    .outcome
-                    .take()
-                    .ok_or_else(|| Error::Protocol("no outcome".into()))?;
-                let rec = build_record(
-                    &self.s,
-                    &self.p,
-                    outcome,
-                    &a[0],
-                    std::mem::take(&mut self.stats),
-                    self.tree.take(),
-                    self.started,
-                );
+                let rec = self.run.record(&self.s, &self.p, a, self.tree.take())?;
                 self.state = State::Finished(Box::new(rec));
                 Ok(())
             }
             (s, _) => {
                 self.state = s;
-                Err(Error::Protocol(
-                    "results of the wrong kind or at the wrong time".into(),
-                ))
+                Err(wrong_reply())
             }
         }
     }

@@ -22,19 +22,16 @@ pub enum Error {
     /// The problems file holds no problem.
     #[error("{path}: no problems (the file is empty or holds only blank lines)")]
     EmptyInput { path: String },
-    /// Several bad lines in the problems file (each is listed).
-    #[error(
-        "{path}: {count} bad lines (fix them, or pass --skip-bad-lines to leave them out): {listing}"
-    )]
+    /// Several bad lines in the problems file (each is listed), and leaving them out was not
+    /// asked for.
+    #[error("{path}: {count} bad lines: {listing}")]
     BadLines {
         path: String,
         count: usize,
         listing: String,
     },
     /// The output file exists and neither resume nor overwrite was asked for.
-    #[error(
-        "{path}: output file exists and is not empty; use --resume to continue it or --overwrite to replace it"
-    )]
+    #[error("{path}: output file exists and is not empty")]
     OutputExists { path: String },
     /// A complete line of an existing output file (not the last one) cannot be read.
     #[error("{path}:{line}: corrupt output record: {message}")]
@@ -43,9 +40,10 @@ pub enum Error {
         line: usize,
         message: String,
     },
-    /// The existing output was written with another pool / method.
+    /// The existing output was written with another pool / method (and appending anyway was not
+    /// asked for).
     #[error(
-        "{path}:{line}: record was written by another run (config fingerprint {found}, this run {expected}); use --force to append anyway"
+        "{path}:{line}: record was written by another run (config fingerprint {found}, this run {expected})"
     )]
     ForeignOutput {
         path: String,

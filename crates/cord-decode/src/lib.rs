@@ -20,6 +20,7 @@ pub mod cord;
 pub mod curation;
 pub mod driver;
 pub mod error;
+pub(crate) mod expand;
 pub mod hygiene;
 pub mod io;
 pub mod mcts;

@@ -5,16 +5,16 @@
 //! finished.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::backend::{Backend, ProposeRequest};
 use crate::chunked::Chunked;
 use crate::error::{Error, Result};
+use crate::expand::{Expansion, also_proposed, expansions, same_reasoning};
 use crate::hygiene::Reject;
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
-    Need, Outcome, Reply, ScoreDetail, Search, Settings, StatsAcc, StepOutcome, THINK_CLOSE,
-    answer_request, build_record, closed, expect_len,
+    Need, Outcome, Reply, Run, ScoreDetail, Search, Settings, StepOutcome, closed, expect_len,
+    wrong_reply,
 };
 use crate::seed::{Purpose, request_seed};
 
@@ -47,17 +47,6 @@ impl Node {
             self.total / f64::from(self.visits)
         }
     }
-}
-
-#[derive(Debug, Clone)]
-struct Expansion {
-    teacher: usize,
-    header: String,
-    max_new: usize,
-    budget_limited: bool,
-    no_room: bool,
-    outcome: Option<StepOutcome>,
-    tokens: usize,
 }
 
 #[derive(Debug)]
@@ -114,9 +103,7 @@ pub struct MctsSearch {
     committed: Vec<StepRecord>,
     path: Vec<usize>,
     state: State,
-    stats: StatsAcc,
-    started: Instant,
-    outcome: Option<Outcome>,
+    run: Run,
 }
 
 impl MctsSearch {
@@ -149,9 +136,7 @@ impl MctsSearch {
             committed: vec![],
             path: vec![0],
             state: State::Simulate,
-            stats: StatsAcc::default(),
-            started: Instant::now(),
-            outcome: None,
+            run: Run::new(),
         }
     }
 
@@ -182,19 +167,8 @@ impl MctsSearch {
 
     fn propose_request(&self, n: usize, slot: &Expansion, purpose: Purpose) -> ProposeRequest {
         let node = &self.nodes[n];
-        ProposeRequest {
-            teacher: slot.teacher,
-            question: self.p.question.clone(),
-            reasoning: format!("{}{}", node.reasoning, slot.header),
-            max_new_tokens: slot.max_new,
-            stop: self.s.step_stops(),
-            seed: request_seed(
-                &self.p.id,
-                purpose,
-                &[node.depth as u64 + 1, n as u64, slot.teacher as u64],
-                self.s.seed,
-            ),
-        }
+        let key = [node.depth as u64 + 1, n as u64];
+        slot.request(&self.s, &self.p, &node.reasoning, purpose, key)
     }
 
     /// Walks down from the committed root; returns a need or moves the state on.
@@ -219,27 +193,14 @@ impl MctsSearch {
                 let header = self
                     .s
                     .header(self.nodes[n].depth + 1, &self.nodes[n].pending);
-                let prefix = format!("{}{}", self.nodes[n].reasoning, header);
-                let mut slots = Vec::new();
+                let slots = expansions(&self.s, backend, &self.nodes[n].reasoning, &header)?;
                 let mut pending = Vec::new();
                 let mut reqs = Vec::new();
-                for k in 0..self.s.num_teachers() {
-                    let cap = self.s.step_caps[k];
-                    let room = self.s.room(backend, k, &prefix, cap)?;
-                    let slot = Expansion {
-                        teacher: k,
-                        header: header.clone(),
-                        max_new: cap.min(room),
-                        budget_limited: room <= cap,
-                        no_room: room == 0,
-                        outcome: None,
-                        tokens: 0,
-                    };
+                for (i, slot) in slots.iter().enumerate() {
                     if !slot.no_room {
-                        reqs.push(self.propose_request(n, &slot, Purpose::Propose));
-                        pending.push(slots.len());
+                        reqs.push(self.propose_request(n, slot, Purpose::Propose));
+                        pending.push(i);
                     }
-                    slots.push(slot);
                 }
                 if reqs.is_empty() {
                     self.state = State::Expanded { node: n, slots };
@@ -295,57 +256,34 @@ impl MctsSearch {
         let depth = self.nodes[n].depth + 1;
         self.nodes[n].expanded = true;
         for slot in slots {
-            let (text, done, forced, reason, pending, reasoning) = if slot.no_room {
-                (
-                    THINK_CLOSE.to_string(),
-                    true,
-                    true,
-                    "budget",
-                    String::new(),
-                    closed(&parent_reasoning),
-                )
-            } else {
-                match slot.outcome {
-                    Some(StepOutcome::Step {
-                        body,
-                        done,
-                        forced,
-                        reason,
-                        next_header,
-                    }) => {
-                        let text = format!("{}{body}", slot.header);
-                        let reasoning = format!("{parent_reasoning}{text}");
-                        (text, done, forced, reason, next_header, reasoning)
-                    }
-                    _ => continue,
-                }
+            let teacher = slot.teacher;
+            let Some(child) = slot.child(&parent_reasoning) else {
+                continue;
             };
             if self.s.dedupe
                 && let Some(&first) = self.nodes[n]
                     .children
                     .iter()
-                    .find(|&&c| self.nodes[c].reasoning.trim_end() == reasoning.trim_end())
+                    .find(|&&c| same_reasoning(&self.nodes[c].reasoning, &child.reasoning))
             {
                 let f = &mut self.nodes[first];
-                if f.teacher != slot.teacher && !f.also.contains(&slot.teacher) {
-                    f.also.push(slot.teacher);
-                }
+                also_proposed(f.teacher, &mut f.also, teacher);
                 continue;
             }
             let id = self.nodes.len();
             self.nodes.push(Node {
                 parent: Some(n),
-                reasoning,
-                text,
-                teacher: slot.teacher,
+                reasoning: child.reasoning,
+                text: child.text,
+                teacher,
                 depth,
-                done,
-                forced,
-                reason,
-                pending,
-                tokens: slot.tokens,
+                done: child.done,
+                forced: child.forced,
+                reason: child.reason,
+                pending: child.pending,
+                tokens: child.tokens,
                 children: vec![],
-                expanded: done,
+                expanded: child.done,
                 visits: 0,
                 total: 0.0,
                 terminal: None,
@@ -546,10 +484,9 @@ impl Search for MctsSearch {
                         score: d.score,
                         answer_teacher: node.teacher,
                     };
-                    let req = answer_request(&self.s, &self.p, &outcome);
-                    self.outcome = Some(outcome);
+                    let need = self.run.answer(&self.s, &self.p, outcome);
                     self.state = State::Answering;
-                    return Ok(Need::Answer(vec![req]));
+                    return Ok(need);
                 }
                 State::Finished(r) => return Ok(Need::Done(r)),
                 State::Over => return Err(Error::Protocol("poll after the search ended".into())),
@@ -574,27 +511,27 @@ impl Search for MctsSearch {
             ) => {
                 let ps = expect_len(ps, pending.len(), "proposals")?;
                 let teachers: Vec<usize> = pending.iter().map(|&i| slots[i].teacher).collect();
-                self.stats.proposals(&self.s, &teachers, &ps);
+                self.run.stats.proposals(&self.s, &teachers, &ps);
                 let mut again = Vec::new();
                 for (&i, p) in pending.iter().zip(&ps) {
-                    let mut out = self.s.step_outcome(p, slots[i].budget_limited);
-                    if let StepOutcome::Step { body, .. } = &out {
-                        let text = format!("{}{body}", slots[i].header);
+                    let mut out = slots[i].receive(&self.s, p);
+                    if let Some(text) = slots[i].step_text(&out) {
                         let earlier = self.path_texts(node);
                         let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
                         if let Some(why) = self.s.reject(&text, &earlier) {
                             // A rejected step is handled like an empty one: resampled once,
                             // then left out of the node's children.
-                            self.stats.reject(&self.s, slots[i].teacher, why);
+                            self.run.stats.reject(&self.s, slots[i].teacher, why);
                             out = StepOutcome::Blank;
                         }
                     } else {
-                        self.stats.reject(&self.s, slots[i].teacher, Reject::Empty);
+                        self.run
+                            .stats
+                            .reject(&self.s, slots[i].teacher, Reject::Empty);
                     }
                     if out == StepOutcome::Blank && !resample && self.s.resample_empty {
                         again.push(i);
                     }
-                    slots[i].tokens = p.tokens;
                     slots[i].outcome = Some(out);
                 }
                 self.state = if again.is_empty() {
@@ -610,7 +547,7 @@ impl Search for MctsSearch {
             }
             (State::RollingOut { leaf, mut run }, Reply::Proposals(ps)) => {
                 let ps = expect_len(ps, 1, "proposals")?;
-                self.stats.proposals(&self.s, &[run.teacher], &ps);
+                self.run.stats.proposals(&self.s, &[run.teacher], &ps);
                 run.absorb(
                     &ps[0].text,
                     &ps[0].finish,
@@ -630,7 +567,7 @@ impl Search for MctsSearch {
             }
             (State::Scoring { leaf, js, terminal }, Reply::Scores(ss)) => {
                 let ss = expect_len(ss, js.len(), "scores")?;
-                self.stats.scores(&ss);
+                self.run.stats.scores(&ss);
                 let d = self.s.aggregate(&js, &ss);
                 let reward = d.score;
                 if terminal {
@@ -640,29 +577,14 @@ impl Search for MctsSearch {
                 Ok(())
             }
             (State::Answering, Reply::Answers(a)) => {
-                let a = expect_len(a, 1, "answers")?;
-                let outcome = self
-                    .outcome
-                    .take()
-                    .ok_or_else(|| Error::Protocol("no outcome".into()))?;
                 let tree = self.s.save_tree.then(|| self.tree());
-                let rec = build_record(
-                    &self.s,
-                    &self.p,
-                    outcome,
-                    &a[0],
-                    std::mem::take(&mut self.stats),
-                    tree,
-                    self.started,
-                );
+                let rec = self.run.record(&self.s, &self.p, a, tree)?;
                 self.state = State::Finished(Box::new(rec));
                 Ok(())
             }
             (s, _) => {
                 self.state = s;
-                Err(Error::Protocol(
-                    "results of the wrong kind or at the wrong time".into(),
-                ))
+                Err(wrong_reply())
             }
         }
     }

@@ -572,6 +572,75 @@ pub(crate) fn answer_request(s: &Settings, p: &Problem, o: &Outcome) -> AnswerRe
     }
 }
 
+/// What every search keeps about its run of one problem: statistics, when it started, and the
+/// outcome whose answer is awaited.
+pub(crate) struct Run {
+    pub stats: StatsAcc,
+    pub started: Instant,
+    pub outcome: Option<Outcome>,
+}
+
+impl Run {
+    pub fn new() -> Self {
+        Run {
+            stats: StatsAcc::default(),
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    /// The answer request for the search's `outcome` (O-18), kept until the answer comes back.
+    pub fn answer(&mut self, s: &Settings, p: &Problem, outcome: Outcome) -> Need {
+        let req = answer_request(s, p, &outcome);
+        self.outcome = Some(outcome);
+        Need::Answer(vec![req])
+    }
+
+    /// The record of a problem the search gave up on ([`failed_record`]); the statistics are
+    /// taken.
+    pub fn failed(
+        &mut self,
+        s: &Settings,
+        p: &Problem,
+        reason: String,
+        tree: Option<Vec<TreeEntry>>,
+    ) -> Record {
+        let stats = std::mem::take(&mut self.stats);
+        failed_record(s, p, reason, stats, tree, self.started)
+    }
+
+    /// The record once the answer came back: `a` must hold the one answer to the request made
+    /// by [`Run::answer`]; the statistics are taken.
+    pub fn record(
+        &mut self,
+        s: &Settings,
+        p: &Problem,
+        a: Vec<Proposal>,
+        tree: Option<Vec<TreeEntry>>,
+    ) -> Result<Record> {
+        let a = expect_len(a, 1, "answers")?;
+        let outcome = self
+            .outcome
+            .take()
+            .ok_or_else(|| Error::Protocol("no outcome".into()))?;
+        let stats = std::mem::take(&mut self.stats);
+        Ok(build_record(
+            s,
+            p,
+            outcome,
+            &a[0],
+            stats,
+            tree,
+            self.started,
+        ))
+    }
+}
+
+/// The error for results of the wrong kind, or at the wrong time.
+pub(crate) fn wrong_reply() -> Error {
+    Error::Protocol("results of the wrong kind or at the wrong time".into())
+}
+
 pub(crate) fn build_record(
     s: &Settings,
     p: &Problem,

@@ -320,10 +320,10 @@ impl KvCache {
         Ok(slots)
     }
 
-    /// Copies block `src` into block `dst` for all layers, K and V (in place; `ops::block_copy`).
+    /// Copies block `src` into block `dst` for all layers, K and V (in place; `cord_kernels::block_copy`).
     fn copy_block(&self, src: u32, dst: u32) -> Result<()> {
         for all in [&self.k_all, &self.v_all] {
-            crate::ops::block_copy(all, &[(src, dst)])?;
+            cord_kernels::block_copy(all, &[(src, dst)])?;
         }
         Ok(())
     }
@@ -360,8 +360,9 @@ impl KvCache {
     }
 
     /// Writes K and V (`[n, n_kv, head_dim]`, cache dtype) of `layer` into `slots` (u32 `[n]`),
-    /// in place (`ops::kv_write`: the CUDA kernel on GPUs, its CPU reference elsewhere). Slots come from
-    /// [`KvCache::append_slots`]; the caller must only write slots of blocks its sequence owns.
+    /// in place (`cord_kernels::kv_write`: the CUDA kernel on GPUs, its CPU reference elsewhere).
+    /// Slots come from [`KvCache::append_slots`]; the caller must only write slots of blocks its
+    /// sequence owns.
     pub fn write(&self, layer: usize, slots: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
         self.check_layer(layer)?;
         let (nkv, hd) = (self.cfg.num_kv_heads, self.cfg.head_dim);
@@ -397,8 +398,8 @@ impl KvCache {
         // device-to-host copy per layer). Slots from `append_slots` are always in range.
         let slots = slots.to_device(&self.cfg.device)?;
         let (kc, vc) = &self.flat[layer];
-        crate::ops::kv_write(kc, k, &slots)?;
-        crate::ops::kv_write(vc, v, &slots)?;
+        cord_kernels::kv_write(kc, k, &slots)?;
+        cord_kernels::kv_write(vc, v, &slots)?;
         Ok(())
     }
 

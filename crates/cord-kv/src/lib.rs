@@ -7,8 +7,8 @@
 //!   truncate, free, a token-granular radix prefix cache with LRU eviction, and the slot
 //!   write / gather helpers used by attention code.
 //!
-//! * [`ops`] — the custom ops over the paged layout (paged attention, KV write, block copy), each
-//!   with a CPU reference and a CUDA kernel from `kernels/`.
+//! The custom ops over the paged layout (KV write, block copy, and paged attention, which the
+//! models call) live in `cord-kernels`.
 //!
 //! A sequence only ever writes slots of blocks it holds alone: `append_slots` copies a shared,
 //! partially filled last block before handing out its slots, and every other shared block is
@@ -17,7 +17,6 @@
 mod cache;
 mod config;
 mod error;
-pub mod ops;
 mod pool;
 mod radix;
 

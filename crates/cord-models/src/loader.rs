@@ -14,7 +14,7 @@ use tokenizers::Tokenizer;
 use crate::config::{ModelConfig, RopeScaling, gguf_usize, json_token_ids};
 use crate::error::{ModelError, Result};
 use crate::hub::{HubSpec, Resolved, resolve};
-use crate::model::Model;
+use crate::model::{Attention, Model};
 use crate::weights::WeightSource;
 
 /// How to load a model.
@@ -28,6 +28,8 @@ pub struct LoadOptions {
     pub dequantize: bool,
     /// Hub ids: allow downloading on a cache miss (`HF_HUB_OFFLINE` always forbids it).
     pub allow_download: bool,
+    /// How the model's attention reads the paged cache.
+    pub attention: Attention,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +39,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dequantize: false,
             allow_download: true,
+            attention: Attention::default(),
         }
     }
 }
@@ -375,7 +378,8 @@ fn load_dir(dir: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = load_tokenizer(&tok_path)?;
     check_vocab(&tokenizer, &cfg, &tok_path, &origin)?;
-    let model = Model::from_source(&cfg, &src, opts.dtype, &opts.device)?;
+    let mut model = Model::from_source(&cfg, &src, opts.dtype, &opts.device)?;
+    model.set_attention(opts.attention);
 
     let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let mut chat_template = chat_template_of(tok_cfg.get("chat_template"));
@@ -490,7 +494,8 @@ fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel>
         arch: cfg.arch,
         dequantize: opts.dequantize,
     };
-    let model = Model::from_source(&cfg, &src, dtype, &opts.device)?;
+    let mut model = Model::from_source(&cfg, &src, dtype, &opts.device)?;
+    model.set_attention(opts.attention);
     drop(src);
 
     let dir = path.parent().unwrap_or(Path::new("."));

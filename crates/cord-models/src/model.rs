@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use candle_core::{D, DType, Device, Tensor};
-use cord_kv::ops::{AttentionParams, AttentionPlan, PlanSeq, paged_attention};
+use cord_kernels::{AttentionParams, AttentionPlan, PlanSeq, paged_attention};
 use cord_kv::{KvCache, KvConfig, SeqId};
 
 use crate::config::ModelConfig;
@@ -24,34 +24,28 @@ pub enum LogitsMode {
     Tail(usize),
 }
 
-/// How attention reads the paged KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How attention reads the paged KV cache (chosen by the caller: [`crate::LoadOptions`] or
+/// [`Model::set_attention`]; the default is `Paged` on every device).
+///
+/// On the CPU the paged op's reference loop computes every query row on its own, in a fixed
+/// order, so a token's result does not depend on how many other tokens share the forward.
+/// `Gather` uses candle's f32 matmuls, whose blocking changes with the number of query rows
+/// (~1e-5 differences); with quantized weights the next layer's 8-bit activation quantization
+/// turns those into whole rounding steps, and a token's log-prob then moves by up to the
+/// quantization noise (0.03–0.07 nats measured on SmolLM2 / Qwen2.5 for one position as the
+/// scored text grows past 6–9 tokens; docs/testing.md). Scores must not depend on what else is
+/// in the batch, so `Gather` is opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Attention {
-    /// `cord_kv::ops::paged_attention`: every layer reads K/V through the block tables in one
+    /// `cord_kernels::paged_attention`: every layer reads K/V through the block tables in one
     /// op for the whole batch (the CUDA kernel on GPUs, its CPU reference elsewhere).
+    #[default]
     Paged,
     /// Per sequence: gather its K/V into dense tensors, then masked matmul + softmax (candle ops).
     Gather,
 }
 
 impl Attention {
-    /// The default: `Paged` on every device. `CORD_ATTENTION=paged|gather` overrides it.
-    ///
-    /// On the CPU the paged op's reference loop computes every query row on its own, in a fixed
-    /// order, so a token's result does not depend on how many other tokens share the forward.
-    /// `Gather` uses candle's f32 matmuls, whose blocking changes with the number of query rows
-    /// (~1e-5 differences); with quantized weights the next layer's 8-bit activation quantization
-    /// turns those into whole rounding steps, and a token's log-prob then moves by up to the
-    /// quantization noise (0.03–0.07 nats measured on SmolLM2 / Qwen2.5 for one position as the
-    /// scored text grows past 6–9 tokens; docs/testing.md). Scores must not depend on what else
-    /// is in the batch, so `Gather` is opt-in.
-    pub fn from_env() -> Attention {
-        std::env::var("CORD_ATTENTION")
-            .ok()
-            .and_then(|v| Attention::parse(&v))
-            .unwrap_or(Attention::Paged)
-    }
-
     /// `paged` or `gather`.
     pub fn parse(s: &str) -> Option<Attention> {
         match s {
@@ -263,11 +257,11 @@ impl Model {
             lm_head,
             rope_global,
             rope_local,
-            attention: Attention::from_env(),
+            attention: Attention::default(),
         })
     }
 
-    /// How attention reads the cache (default: [`Attention::from_env`]).
+    /// How attention reads the cache (default: [`Attention::Paged`]).
     pub fn attention(&self) -> Attention {
         self.attention
     }

@@ -4,19 +4,16 @@
 //! * [`stop`]: incremental detokenization and stop detection (EOS ids, stop strings, max tokens).
 //! * [`chat`]: a model's own Jinja chat template, with CoRD's raw assistant prefill.
 //! * [`engine`]: several models with paged KV and prefix caches; batched generation and scoring.
-//! * [`logprob`]: the fused token log-prob custom op (CPU; CUDA behind the `cuda` feature).
 //! * [`memory`]: per-device memory budgets (weights + KV pools), checked before loading.
 //! * [`threads`]: one-time CPU thread-count setup (a large decode-speed fix on CPU).
 
 pub mod chat;
 pub mod engine;
-pub mod logprob;
 pub mod memory;
 pub mod sampling;
 pub mod stop;
 pub mod threads;
 
 pub use chat::{ChatError, ChatTemplate};
-pub use logprob::{TokenLogprob, token_logprobs};
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use stop::{Finish, Finished, StepOutput, StopChecker, StopConfig, StopError, StopMatch};

@@ -12,7 +12,7 @@ use cord_models::{LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
 use cord_runtime::SamplingParams;
 use cord_runtime::engine::{
     DeviceSpec, Engine, Event, Finish, GenOutput, GenRequest, ModelId, ModelOptions, RequestId,
-    ScoreRequest,
+    TokenScoreRequest,
 };
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -373,14 +373,14 @@ fn score_matches_a_full_forward_and_reuses_the_context() {
     let model = loaded(6);
     let (mut e, id) = engine_with(&model, &opts(1 << 22, 1024));
     let (c1, c2, c3) = (prompt(11, 13), prompt(12, 9), prompt(13, 20));
-    let reqs: Vec<ScoreRequest> = [
+    let reqs: Vec<TokenScoreRequest> = [
         (&c1, prompt(21, 4)),
         (&c1, prompt(22, 7)),
         (&c2, prompt(23, 1)),
         (&c3, prompt(24, 5)),
     ]
     .into_iter()
-    .map(|(c, x)| ScoreRequest {
+    .map(|(c, x)| TokenScoreRequest {
         context: c.clone(),
         continuation: format!(" {x}"),
     })
@@ -450,7 +450,7 @@ fn score_matches_a_full_forward_and_reuses_the_context() {
 fn score_top_lists_the_most_likely_tokens_of_each_position() {
     let model = loaded(7);
     let (mut e, id) = engine_with(&model, &opts(1 << 22, 1024));
-    let req = ScoreRequest {
+    let req = TokenScoreRequest {
         context: prompt(31, 11),
         continuation: format!(" {}", prompt(32, 5)),
     };

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use assets::{GEMMA3, QWEN05, SMOLLM2, require};
 use cord_runtime::SamplingParams;
-use cord_runtime::engine::{Engine, Finish, GenRequest, ModelId, ModelOptions, ScoreRequest};
+use cord_runtime::engine::{Engine, Finish, GenRequest, ModelId, ModelOptions, TokenScoreRequest};
 
 const GERMANY: &str = "The capital of France is Paris. The capital of Germany is";
 
@@ -31,10 +31,17 @@ fn need(test: &str, models: &[&str]) -> Option<std::path::PathBuf> {
     require(test, &refs)
 }
 
+/// `CORD_ATTENTION=gather` runs these tests with the gather attention path (as it does the
+/// `cord` binary): `scores_do_not_depend_on_the_batch` then fails (docs/testing.md).
 fn opts() -> ModelOptions {
+    let attention = std::env::var("CORD_ATTENTION")
+        .ok()
+        .and_then(|v| cord_models::Attention::parse(&v))
+        .unwrap_or_default();
     ModelOptions {
         // A few thousand tokens is plenty here; the default (1 GiB) would only cost RAM.
         kv_memory: 64 << 20,
+        attention,
         ..ModelOptions::default()
     }
 }
@@ -112,7 +119,7 @@ fn score_of_paris_matches_the_f32_reference() {
     ) else {
         return;
     };
-    let req = ScoreRequest {
+    let req = TokenScoreRequest {
         context: "The capital of France is".into(),
         continuation: " Paris".into(),
     };
@@ -165,7 +172,7 @@ fn scores_do_not_depend_on_the_batch() {
         return;
     };
     let ctx = "Question: what is the capital of France?\nAnswer:";
-    let req = |c: &str| ScoreRequest {
+    let req = |c: &str| TokenScoreRequest {
         context: ctx.into(),
         continuation: c.into(),
     };

@@ -22,7 +22,7 @@ use cord_decode::Settings;
 use cord_decode::config::{Method, SearchOverrides};
 use cord_decode::io::Problem;
 use cord_runtime::chat::Message;
-use cord_runtime::engine::{Finish, GenOutput, GenRequest, ScoreOutput, ScoreRequest};
+use cord_runtime::engine::{Finish, GenOutput, GenRequest, ScoreOutput, TokenScoreRequest};
 use cord_runtime::sampling::SamplingParams;
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
@@ -150,7 +150,7 @@ impl App {
     async fn score(
         &self,
         model: &ModelInfo,
-        reqs: Vec<ScoreRequest>,
+        reqs: Vec<TokenScoreRequest>,
         top: usize,
     ) -> Result<Vec<ScoreOutput>, ApiError> {
         let (tx, rx) = oneshot::channel();
@@ -566,7 +566,7 @@ async fn score_texts(
     }
     let reqs = wanted
         .iter()
-        .map(|&i| ScoreRequest {
+        .map(|&i| TokenScoreRequest {
             context: pairs[i].0.clone(),
             continuation: pairs[i].1.clone(),
         })
@@ -921,7 +921,7 @@ async fn score_inner(
     let reqs = req
         .continuations
         .iter()
-        .map(|c| ScoreRequest {
+        .map(|c| TokenScoreRequest {
             context: req.context.clone(),
             continuation: c.clone(),
         })

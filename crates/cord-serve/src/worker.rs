@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use cord_decode::io::{Problem, Record};
 use cord_decode::{SelectedStep, Settings};
 use cord_runtime::engine::{
-    EngineError, Event, GenOutput, GenRequest, ModelId, RequestId, ScoreOutput, ScoreRequest,
+    EngineError, Event, GenOutput, GenRequest, ModelId, RequestId, ScoreOutput, TokenScoreRequest,
 };
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -58,7 +58,7 @@ pub(crate) enum GenEvent {
 /// Teacher-forced scoring of several continuations on one model.
 pub(crate) struct ScoreJob {
     pub model: ModelId,
-    pub reqs: Vec<ScoreRequest>,
+    pub reqs: Vec<TokenScoreRequest>,
     /// Most likely tokens to list per position (0 = none).
     pub top: usize,
     pub reply: oneshot::Sender<Result<Vec<ScoreOutput>, ApiError>>,
@@ -148,7 +148,9 @@ impl Worker {
 fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::Invalid(m) => ApiError::invalid(m),
-        EngineError::KvTooSmall { .. } => ApiError::invalid(e.to_string()),
+        EngineError::KvTooSmall { .. } => ApiError::invalid(format!(
+            "{e}; the server needs more KV memory (cord serve --kv-mib)"
+        )),
         other => ApiError::internal(other.to_string()),
     }
 }

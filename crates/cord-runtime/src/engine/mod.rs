@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use cord_kv::{KvCache, KvError, SeqId};
+pub use cord_models::Attention;
 use cord_models::{LoadOptions, LoadedModel};
 
 use crate::chat::ChatTemplate;
-use crate::memory::{DeviceMemory, Placed};
+use crate::memory::{DeviceMemory, DoesNotFit, KvAutoError, Placed};
 
 pub use crate::stop::Finish;
 use device::dense_bytes;
@@ -27,7 +28,7 @@ pub use device::{DeviceSpec, parse_dtype};
 pub use generate::{GenOutput, GenRequest};
 pub use parallel::Parallel;
 pub use scheduler::{Event, RequestId, Scheduler, SchedulerStats};
-pub use score::{ScoreOutput, ScoreRequest};
+pub use score::{ScoreOutput, TokenScoreRequest};
 
 /// Errors of the engine. Model and cache errors are wrapped with the model's name.
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +39,21 @@ pub enum EngineError {
     DeviceUnavailable { device: String, message: String },
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
+    /// One request needs more blocks than the model's whole KV pool holds.
     #[error(
-        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool); give it more KV memory (cord: --kv-mib)"
+        "model `{model}`: the KV cache is too small for one request ({needed} blocks needed, {total} in the pool)"
     )]
     KvTooSmall {
         model: String,
         needed: usize,
         total: usize,
     },
-    #[error("{0}")]
-    OutOfMemory(String),
+    /// A model does not fit its device's memory budget.
+    #[error(transparent)]
+    OutOfMemory(Box<DoesNotFit>),
     /// The KV pools of a device cannot be sized automatically.
-    #[error("{0}")]
-    KvAuto(String),
+    #[error(transparent)]
+    KvAuto(Box<KvAutoError>),
     #[error("unknown model id {0}")]
     UnknownModel(usize),
     #[error("{0}")]
@@ -58,6 +61,12 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl From<KvAutoError> for EngineError {
+    fn from(e: KvAutoError) -> Self {
+        EngineError::KvAuto(Box::new(e))
+    }
+}
 
 fn model_err(model: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Model {
@@ -79,6 +88,8 @@ pub struct ModelOptions {
     pub dequantize: bool,
     /// Most new tokens fed to one forward call (chunked prefill).
     pub max_batch_tokens: usize,
+    /// How the model's attention reads the paged cache.
+    pub attention: Attention,
 }
 
 impl Default for ModelOptions {
@@ -90,6 +101,7 @@ impl Default for ModelOptions {
             block_size: 16,
             dequantize: false,
             max_batch_tokens: 1024,
+            attention: Attention::default(),
         }
     }
 }
@@ -178,6 +190,7 @@ impl Engine {
             dtype,
             device: device.clone(),
             dequantize: opts.dequantize,
+            attention: opts.attention,
             ..Default::default()
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
@@ -284,7 +297,7 @@ impl Engine {
     }
 
     /// Teacher-forced log-probs of each continuation after its context, batched.
-    pub fn score(&mut self, id: ModelId, reqs: &[ScoreRequest]) -> Result<Vec<ScoreOutput>> {
+    pub fn score(&mut self, id: ModelId, reqs: &[TokenScoreRequest]) -> Result<Vec<ScoreOutput>> {
         self.model_mut(id)?.score_timed(reqs, 0)
     }
 
@@ -293,7 +306,7 @@ impl Engine {
     pub fn score_top(
         &mut self,
         id: ModelId,
-        reqs: &[ScoreRequest],
+        reqs: &[TokenScoreRequest],
         top: usize,
     ) -> Result<Vec<ScoreOutput>> {
         self.model_mut(id)?.score_timed(reqs, top)

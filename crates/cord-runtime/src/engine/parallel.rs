@@ -3,7 +3,7 @@
 
 use super::{
     DeviceSpec, Engine, EngineError, EngineModel, GenOutput, GenRequest, ModelId, Result,
-    ScoreOutput, ScoreRequest,
+    ScoreOutput, TokenScoreRequest,
 };
 
 /// How [`Engine::generate_many`] / [`Engine::score_many`] spread models over threads.
@@ -34,7 +34,7 @@ impl Engine {
     /// [`Engine::score`] for several models, concurrent across devices as [`Engine::generate_many`].
     pub fn score_many(
         &mut self,
-        jobs: &[(ModelId, Vec<ScoreRequest>)],
+        jobs: &[(ModelId, Vec<TokenScoreRequest>)],
         by: Parallel,
     ) -> Result<Vec<Vec<ScoreOutput>>> {
         self.run_many(jobs, by, |m, r| m.score_timed(r, 0))

@@ -8,11 +8,13 @@ use cord_kv::SeqId;
 use cord_models::{LogitsMode, SeqInput};
 
 use super::{EngineError, EngineModel, Result, is_out_of_blocks, model_err};
-use crate::logprob::token_logprobs;
+use cord_kernels::token_logprobs;
 
-/// Teacher-forced scoring of `continuation` after `context` (tokenized jointly).
+/// Teacher-forced scoring of `continuation` after `context` (tokenized jointly): the log-prob of
+/// each continuation token. (The search's `cord_decode::backend::ScoreRequest`, an answer scored
+/// by one of the pool's scorers, becomes one of these in cord-backend.)
 #[derive(Debug, Clone)]
-pub struct ScoreRequest {
+pub struct TokenScoreRequest {
     pub context: String,
     pub continuation: String,
 }
@@ -49,7 +51,7 @@ impl EngineModel {
     /// [`EngineModel::score`] with the per-model counters and the debug trace line.
     pub(super) fn score_timed(
         &mut self,
-        reqs: &[ScoreRequest],
+        reqs: &[TokenScoreRequest],
         top: usize,
     ) -> Result<Vec<ScoreOutput>> {
         let t0 = Instant::now();
@@ -64,7 +66,7 @@ impl EngineModel {
         out
     }
 
-    fn score(&mut self, reqs: &[ScoreRequest], top: usize) -> Result<Vec<ScoreOutput>> {
+    fn score(&mut self, reqs: &[TokenScoreRequest], top: usize) -> Result<Vec<ScoreOutput>> {
         struct Job {
             ids: Vec<u32>,
             first: usize,

@@ -2,7 +2,7 @@
 //! a plain f64 computation.
 
 use candle_core::{D, DType, Device, Tensor};
-use cord_runtime::logprob::token_logprobs;
+use cord_kernels::token_logprobs;
 
 /// Deterministic pseudo-random logits (xorshift + Box-Muller), scale `sigma`, with some entries
 /// replaced by extreme values.

@@ -166,7 +166,7 @@ impl CustomOp2 for TokenLogprob {
                 Shape::from(0),
             ));
         }
-        let ptx = cord_kv::ops::compile_ptx("token_logprob", SRC)?;
+        let ptx = crate::cuda::compile_ptx("token_logprob", SRC)?;
         let ids = s2.as_cuda_slice::<u32>()?.slice(o2..);
         let out = unsafe { dev.alloc::<f32>(n) }?;
         let cfg = LaunchConfig {
@@ -207,7 +207,7 @@ const SRC: &str = include_str!("../../../kernels/token_logprob.cu");
 /// extreme max and a `-inf` entry), f32/bf16/f16. On the CPU the reference is the unfused
 /// `log_softmax` + gather of candle-nn; on a GPU it is the CPU implementation. Used by the tests
 /// and by `cord bench kernels`.
-pub fn parity(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Parity>> {
+pub(crate) fn parity(dev: &candle_core::Device) -> Result<Vec<crate::check::Parity>> {
     use candle_core::{DType, Device};
     let mut out = vec![];
     for (n, v) in [
@@ -217,7 +217,7 @@ pub fn parity(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Pari
         (5, 32_000),
         (2, 151_936),
     ] {
-        let mut x = cord_kv::ops::check::noise(n * v, (n * v) as u64);
+        let mut x = crate::check::noise(n * v, (n * v) as u64);
         for e in &mut x {
             *e *= 10.0;
         }
@@ -253,7 +253,7 @@ pub fn parity(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Pari
                 .map(|e| if e.is_nan() { f64::INFINITY } else { e })
                 .fold(0.0, f64::max);
             let tol = 1e-4;
-            out.push(cord_kv::ops::check::Parity {
+            out.push(crate::check::Parity {
                 op: "token_logprob",
                 case: format!("{n} rows x vocab {v}"),
                 dtype: format!("{dt:?}"),
@@ -268,9 +268,9 @@ pub fn parity(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Pari
 
 /// The fused op against `log_softmax` + `gather` (candle-nn) on `dev`: rows of a Qwen-size
 /// vocabulary (151,936; 64 rows in bf16 on a GPU, 16 in f32 on the CPU). For `cord bench kernels`.
-pub fn timings(dev: &candle_core::Device) -> Result<Vec<cord_kv::ops::check::Timing>> {
+pub(crate) fn timings(dev: &candle_core::Device) -> Result<Vec<crate::check::Timing>> {
+    use crate::check::{Timing, time_per_call};
     use candle_core::DType;
-    use cord_kv::ops::check::{Timing, time_per_call};
     let (n, v, dt) = if dev.is_cpu() {
         (16, 151_936, DType::F32)
     } else {

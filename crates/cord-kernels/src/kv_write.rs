@@ -126,7 +126,7 @@ impl InplaceOp3 for KvWrite {
         slots: &candle_core::CudaStorage,
         ll: &Layout,
     ) -> Result<()> {
-        const SRC: &str = include_str!("../../../../kernels/kv_write.cu");
+        const SRC: &str = include_str!("../../../kernels/kv_write.cu");
         let (n_slots, row, d0, _) = rows_of(dl)?;
         let (n, _, s0, _) = rows_of(sl)?;
         let Some((l0, _)) = ll.contiguous_offsets() else {
@@ -134,13 +134,13 @@ impl InplaceOp3 for KvWrite {
         };
         let dev = dst.device().clone();
         let ids = slots.as_cuda_slice::<u32>()?.slice(l0..);
-        let cfg = super::cfg_1d(n * row);
+        let cfg = crate::cuda::cfg_1d(n * row);
         let (n_i, row_i, ns_i) = (n as i32, row as i32, n_slots as i32);
         macro_rules! go {
             ($t:ty, $f:literal) => {{
                 let s = src.as_cuda_slice::<$t>()?.slice(s0..);
                 let mut d = dst.as_cuda_slice_mut::<$t>()?.slice_mut(d0..);
-                super::launch!(
+                crate::cuda::launch!(
                     dev,
                     "cord_kv_write",
                     SRC,

@@ -614,7 +614,7 @@ impl CustomOp3 for PagedAttention {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::DType;
         use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-        const SRC: &str = include_str!("../../../../kernels/paged_attention.cu");
+        const SRC: &str = include_str!("../../../kernels/paged_attention.cu");
         const WARPS: u32 = 4;
         let (plan, p) = (&self.plan, &self.p);
         let (t, nh, hd) = l1.shape().dims3()?;
@@ -663,7 +663,7 @@ impl CustomOp3 for PagedAttention {
                 let v = s3.as_cuda_slice::<$t>()?.slice(o3..);
                 // SAFETY: every element is written by the kernel (one block per token and head).
                 let out = unsafe { dev.alloc::<$t>(t * nh * hd) }?;
-                super::launch!(
+                crate::cuda::launch!(
                     dev,
                     "cord_paged_attention",
                     SRC,
@@ -689,8 +689,8 @@ impl CustomOp3 for PagedAttention {
 
 #[cfg(test)]
 mod tests {
-    use super::super::check::{SHAPES, case, params};
     use super::*;
+    use crate::check::{SHAPES, case, params};
     use candle_core::DType;
 
     #[test]
@@ -751,7 +751,7 @@ mod tests {
     /// its own sequence, and under any thread count: nothing depends on the rest of the call.
     #[test]
     fn rows_are_independent_of_the_batch() -> Result<()> {
-        use super::super::check::noise;
+        use crate::check::noise;
         let dev = Device::Cpu;
         let (nb, bs) = (64, 4);
         for (nh, nkv, hd) in [(8, 2, 40), (4, 4, 64), (6, 1, 16)] {
@@ -879,7 +879,7 @@ mod tests {
 /// GPU; `cord bench kernels --device cuda:0` runs the same checks from the binary).
 #[cfg(all(test, feature = "cuda"))]
 mod cuda_tests {
-    use super::super::check::parity;
+    use crate::check::parity;
     use candle_core::{Device, Result};
 
     #[test]

@@ -108,7 +108,7 @@ impl InplaceOp2 for BlockCopy {
     ) -> Result<()> {
         use candle_core::DType;
         use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-        const SRC: &str = include_str!("../../../../kernels/block_copy.cu");
+        const SRC: &str = include_str!("../../../kernels/block_copy.cu");
         let (layers, n_blocks, elems, start) = geometry(dl)?;
         let Some((p0, _)) = pl.contiguous_offsets() else {
             bail!("block-copy: pairs must be contiguous")
@@ -129,7 +129,7 @@ impl InplaceOp2 for BlockCopy {
         macro_rules! go {
             ($t:ty, $f:literal) => {{
                 let mut d = dst.as_cuda_slice_mut::<$t>()?.slice_mut(start..);
-                super::launch!(
+                crate::cuda::launch!(
                     dev,
                     "cord_block_copy",
                     SRC,

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Serialize;
 
-use super::{AttentionParams, AttentionPlan, PlanSeq, block_copy, kv_write, paged_attention};
+use crate::{AttentionParams, AttentionPlan, PlanSeq, block_copy, kv_write, paged_attention};
 
 /// Deterministic values in [-1, 1).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
@@ -249,11 +249,13 @@ fn round_fn(dt: DType) -> fn(f32) -> f32 {
     }
 }
 
-/// Runs every op on `dev` against its reference. On the CPU the reference of paged attention is
-/// the naive dense code (f64); on a GPU it is the CPU implementation on the same inputs.
-/// Head shapes include the real ones (Qwen2.5-7B: 28/4/128, Gemma 3: 256-dim heads).
+/// Runs every op on `dev` against its reference: the fused token log-prob first (see
+/// [`crate::token_logprob`]), then paged attention, KV write and block copy. On the CPU the
+/// reference of paged attention is the naive dense code (f64); on a GPU it is the CPU
+/// implementation on the same inputs. Head shapes include the real ones (Qwen2.5-7B: 28/4/128,
+/// Gemma 3: 256-dim heads).
 pub fn parity(dev: &Device) -> Result<Vec<Parity>> {
-    let mut out = vec![];
+    let mut out = crate::token_logprob::parity(dev)?;
     let mut seed = 0;
     let dtypes = [DType::F32, DType::BF16, DType::F16];
     for (nh, nkv, hd) in [(4, 4, 8), (8, 2, 64), (28, 4, 128), (8, 1, 256)] {
@@ -424,9 +426,11 @@ fn gather_attention(
     Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
 }
 
-/// Times paged attention, KV write and block copy on `dev` against plain candle ops doing the
-/// same work (gather + matmul attention, `scatter_set`, `index_select` + `slice_set`). Shapes of
-/// a Qwen2.5-7B layer (28/4 heads of 128, bf16) on a GPU, smaller f32 ones on the CPU.
+/// Times every op on `dev` against plain candle ops doing the same work: the fused token log-prob
+/// against `log_softmax` + `gather` (see [`crate::token_logprob`]), then paged attention, KV
+/// write and block copy (gather + matmul attention, `scatter_set`, `index_select` +
+/// `slice_set`). Shapes of a Qwen2.5-7B layer (28/4 heads of 128, bf16) on a GPU, smaller f32
+/// ones on the CPU.
 pub fn timings(dev: &Device) -> Result<Vec<Timing>> {
     let gpu = !dev.is_cpu();
     let (dt, (nh, nkv, hd), n_seqs, ctx) = if gpu {
@@ -435,7 +439,7 @@ pub fn timings(dev: &Device) -> Result<Vec<Timing>> {
         (DType::F32, (8, 2, 64), 8, 512)
     };
     let bs = 16;
-    let mut out = vec![];
+    let mut out = crate::token_logprob::timings(dev)?;
     for (label, q_len) in [("decode", 1usize), ("append 16", 16)] {
         let p = params(nh, nkv, hd);
         // Enough blocks for every sequence without sharing: a cache of n_seqs * ctx slots.
@@ -537,7 +541,7 @@ mod tests {
 
     /// Times one Qwen2.5-0.5B layer's attention (14/2 heads of 64, f32, blocks of 16) through
     /// the paged op and the gather path at batch-1 / batch-16 decode and 128 / 512-token
-    /// prefill: `cargo test -p cord-kv --lib attention_timings -- --ignored --nocapture`.
+    /// prefill: `cargo test -p cord-kernels --lib attention_timings -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn attention_timings() -> Result<()> {
