@@ -37,6 +37,8 @@ pub struct BackendOptions {
     pub parallel: Parallel,
     /// Share of each GPU's memory that weights + KV pools may take.
     pub gpu_memory_fraction: f64,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: cord_runtime::engine::CpuGemm,
 }
 
 impl Default for BackendOptions {
@@ -47,6 +49,7 @@ impl Default for BackendOptions {
             device_override: None,
             parallel: Parallel::Device,
             gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
+            cpu_gemm: cord_runtime::engine::CpuGemm::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ impl EngineBackend {
                 dtype: pool_dtype(dtype, device)?,
                 kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
+                cpu_gemm: opts.cpu_gemm,
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");

@@ -14,6 +14,7 @@ use tokenizers::Tokenizer;
 use crate::config::{ModelConfig, RopeScaling, gguf_usize, json_token_ids};
 use crate::error::{ModelError, Result};
 use crate::hub::{HubSpec, Resolved, resolve};
+use crate::layers::CpuGemm;
 use crate::model::Model;
 use crate::weights::WeightSource;
 
@@ -28,6 +29,8 @@ pub struct LoadOptions {
     pub dequantize: bool,
     /// Hub ids: allow downloading on a cache miss (`HF_HUB_OFFLINE` always forbids it).
     pub allow_download: bool,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +40,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dequantize: false,
             allow_download: true,
+            cpu_gemm: CpuGemm::default(),
         }
     }
 }
@@ -489,6 +493,7 @@ fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel>
         origin: origin.clone(),
         arch: cfg.arch,
         dequantize: opts.dequantize,
+        cpu_gemm: opts.cpu_gemm,
     };
     let model = Model::from_source(&cfg, &src, dtype, &opts.device)?;
     drop(src);

@@ -22,6 +22,7 @@ use crate::chat::ChatTemplate;
 use crate::memory::{DeviceMemory, Placed};
 
 pub use crate::stop::Finish;
+pub use cord_models::CpuGemm;
 use device::dense_bytes;
 pub use device::{DeviceSpec, parse_dtype};
 pub use generate::{GenOutput, GenRequest};
@@ -79,6 +80,8 @@ pub struct ModelOptions {
     pub dequantize: bool,
     /// Most new tokens fed to one forward call (chunked prefill).
     pub max_batch_tokens: usize,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for ModelOptions {
@@ -90,6 +93,7 @@ impl Default for ModelOptions {
             block_size: 16,
             dequantize: false,
             max_batch_tokens: 1024,
+            cpu_gemm: CpuGemm::default(),
         }
     }
 }
@@ -158,11 +162,12 @@ impl Engine {
         Self::default()
     }
 
-    /// Loads a model (or returns the already loaded one with the same spec, device and dtype).
+    /// Loads a model (or returns the already loaded one with the same spec, device, dtype and
+    /// kernels).
     pub fn add_model(&mut self, spec: &str, opts: &ModelOptions) -> Result<ModelId> {
         let key = format!(
-            "{spec}|{}|{:?}|{}",
-            opts.device, opts.dtype, opts.dequantize
+            "{spec}|{}|{:?}|{}|{:?}",
+            opts.device, opts.dtype, opts.dequantize, opts.cpu_gemm
         );
         if let Some(i) = self.models.iter().position(|m| m.key == key) {
             return Ok(ModelId(i));
@@ -178,6 +183,7 @@ impl Engine {
             dtype,
             device: device.clone(),
             dequantize: opts.dequantize,
+            cpu_gemm: opts.cpu_gemm,
             ..Default::default()
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
