@@ -40,6 +40,8 @@ pub struct BackendOptions {
     pub gpu_memory_fraction: f64,
     /// How every model's attention reads the paged cache.
     pub attention: Attention,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: cord_runtime::engine::CpuGemm,
 }
 
 impl Default for BackendOptions {
@@ -51,6 +53,7 @@ impl Default for BackendOptions {
             parallel: Parallel::Device,
             gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
             attention: Attention::default(),
+            cpu_gemm: cord_runtime::engine::CpuGemm::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl EngineBackend {
                 kv_memory: kv_bytes.get(&device).copied().unwrap_or(CPU_AUTO_KV),
                 max_batch_tokens: opts.max_batch_tokens,
                 attention: opts.attention,
+                cpu_gemm: opts.cpu_gemm,
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");

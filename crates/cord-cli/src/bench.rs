@@ -32,8 +32,11 @@ use clap::{Args, Subcommand};
 use cord_backend::{BackendOptions, EngineBackend, KvMemory};
 use cord_decode::config::{Method, PoolConfig, SearchOverrides};
 use cord_decode::{Record, Settings, read_problems};
+use cord_kernels::cpu::Tier;
 use cord_kv::{KvCache, SeqId};
-use cord_models::{Attention, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput};
+use cord_models::{
+    Attention, CpuGemm, LoadOptions, LoadedModel, LogitsMode, Model, ModelConfig, SeqInput,
+};
 use cord_runtime::engine::{DeviceSpec, Engine, ModelOptions, TokenScoreRequest, parse_dtype};
 use cord_runtime::memory::DEFAULT_KV_MIB;
 use serde::Serialize;
@@ -112,6 +115,10 @@ struct Target {
     /// matmuls); default: paged (row-independent results; see docs/testing.md).
     #[arg(long, value_parser = ["paged", "gather"])]
     attention: Option<String>,
+    /// CPU kernel of the Q8_0 matmuls of GGUF models: `cord` (cord's repacked int8 GEMM wherever
+    /// candle has no repacked kernel for the shape) or `candle` (candle's QMatMul everywhere).
+    #[arg(long, default_value = "cord", value_parser = ["cord", "candle"])]
+    cpu_gemm: String,
 }
 
 #[derive(Args)]
@@ -193,6 +200,9 @@ struct SynthArgs {
     /// KV cache memory per model, MiB.
     #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
+    /// CPU kernel of the Q8_0 matmuls of GGUF models (see `bench decode --cpu-gemm`).
+    #[arg(long, default_value = "cord", value_parser = ["cord", "candle"])]
+    cpu_gemm: String,
     #[command(flatten)]
     common: Common,
 }
@@ -517,6 +527,8 @@ struct Subject {
     device: Device,
     /// Weight bytes read per decoded token (the embedding table only when it is the LM head).
     weight_bytes: u64,
+    /// `--cpu-gemm`.
+    cpu_gemm: CpuGemm,
 }
 
 impl Subject {
@@ -532,6 +544,8 @@ impl Subject {
             "weight_bytes_per_token": self.weight_bytes,
             "kv_bytes_per_token": self.model.kv_bytes_per_token(),
             "attention": format!("{:?}", self.model.attention()).to_lowercase(),
+            "cpu_gemm": format!("{:?}", self.cpu_gemm).to_lowercase(),
+            "cpu_tier": format!("{:?}", Tier::detect()),
         })
     }
 
@@ -539,7 +553,7 @@ impl Subject {
         let c = self.model.config();
         let _ = writeln!(
             out,
-            "model {} ({}, {} weights, {:.1}M params, {:?}, {}); weights read per token {:.1} MiB, KV {} B/token",
+            "model {} ({}, {} weights, {:.1}M params, {:?}, {}); weights read per token {:.1} MiB, KV {} B/token; CPU GEMM {:?} (tier {:?})",
             self.name,
             c.arch.name(),
             self.weights,
@@ -547,7 +561,9 @@ impl Subject {
             self.model.dtype(),
             self.device_spec,
             self.weight_bytes as f64 / (1 << 20) as f64,
-            self.model.kv_bytes_per_token()
+            self.model.kv_bytes_per_token(),
+            self.cpu_gemm,
+            Tier::detect()
         );
     }
 }
@@ -594,6 +610,7 @@ fn load_subject(t: &Target, engine: &mut Engine) -> Result<Subject> {
 fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
     let device_spec = DeviceSpec::parse(&t.device)?;
     let device = engine.device(device_spec)?;
+    let cpu_gemm: CpuGemm = t.cpu_gemm.parse().map_err(anyhow::Error::msg)?;
     let dtype = match &t.dtype {
         Some(s) => parse_dtype(s)?.unwrap_or(device_spec.default_dtype()),
         None => device_spec.default_dtype(),
@@ -605,6 +622,7 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
                 dtype,
                 device: device.clone(),
                 dequantize: t.dequantize,
+                cpu_gemm,
                 ..LoadOptions::default()
             };
             let loaded = cord_models::load(&spec, &opts)
@@ -635,6 +653,7 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
                 device_spec,
                 device,
                 weight_bytes,
+                cpu_gemm,
             })
         }
         (None, Some(name)) => {
@@ -675,6 +694,7 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
                 device_spec,
                 device,
                 weight_bytes,
+                cpu_gemm,
             })
         }
         (None, None) => bail!("give --model or --config"),
@@ -1288,6 +1308,7 @@ fn synth(a: SynthArgs) -> Result<()> {
         kv_memory: KvMemory::Fixed(a.kv_mib << 20),
         device_override: a.device.clone(),
         attention: crate::attention_from_env(),
+        cpu_gemm: a.cpu_gemm.parse().map_err(anyhow::Error::msg)?,
         ..BackendOptions::default()
     };
     let mut out = table_out(&a.common);
@@ -1386,6 +1407,8 @@ fn synth(a: SynthArgs) -> Result<()> {
             "beam_width": pool.search.beam_width,
             "think_budget": pool.search.think_budget,
             "device": a.device,
+            "cpu_gemm": a.cpu_gemm,
+            "cpu_tier": format!("{:?}", Tier::detect()),
         }),
         json!({
             "load_seconds": Spread::of(&load_s),

@@ -3,6 +3,8 @@
 //! `.cu` per op), compiled at run time with NVRTC (once per process) and launched on candle's
 //! stream. The default build needs no CUDA toolkit; the kernels are behind the `cuda` feature.
 //!
+//! * [`cpu`] — CPU ops for shapes and types where candle has no fast kernel: the repacked int8
+//!   GEMM for Q8_0 weights (runtime-dispatched by CPU feature: AVX-512 VNNI, AVX2, scalar).
 //! * [`paged_attention`] — decode and append/prefill attention reading K/V through block tables
 //!   (`kernels/paged_attention.cu`).
 //! * [`kv_write`] — scatter new K or V rows into their slots (`kernels/kv_write.cu`).
@@ -16,6 +18,7 @@
 
 mod block_copy;
 pub mod check;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod kv_write;

@@ -1,46 +1,95 @@
 //! Building blocks: a linear layer over dense or quantized weights, RMS norm, RoPE tables.
 
+use std::sync::Arc;
+
 use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, Module, Tensor};
+use cord_kernels::cpu::PackedQ8_0;
 
 use crate::config::{Activation, RopeScaling};
 use crate::error::Result;
 
+/// Which CPU kernel runs quantized matmuls whose weights are Q8_0 (after the load-time
+/// conversion of Q4_1 / Q5_0 / Q5_1, see [`crate::weights::WeightSource::linear`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuGemm {
+    /// cord's repacked int8 GEMM (`cord_kernels::cpu::PackedQ8_0`) wherever candle has no
+    /// repacked kernel for the shape (k not a multiple of 256, n not of 16, or no VNNI).
+    #[default]
+    Cord,
+    /// candle's `QMatMul` for every quantized weight.
+    Candle,
+}
+
+impl std::str::FromStr for CpuGemm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cord" => Ok(CpuGemm::Cord),
+            "candle" => Ok(CpuGemm::Candle),
+            _ => Err(format!("unknown CPU GEMM `{s}` (cord, candle)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Candle(QMatMul),
+    /// Q8_0 weights repacked for cord's CPU int8 GEMM.
+    CordQ8(Arc<PackedQ8_0>),
+}
+
 /// `y = x W^T (+ b)`, where `W` is a dense tensor or a quantized GGUF tensor.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    w: QMatMul,
+    w: Weight,
     b: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(w: QMatMul, b: Option<Tensor>) -> Self {
-        Linear { w, b }
-    }
-
-    pub fn dense(w: Tensor, b: Option<Tensor>) -> Self {
         Linear {
-            w: QMatMul::Tensor(w),
+            w: Weight::Candle(w),
             b,
         }
     }
 
+    /// Q8_0 weights repacked for cord's CPU GEMM (CPU inputs only).
+    pub fn cpu_q8_0(w: PackedQ8_0, b: Option<Tensor>) -> Self {
+        Linear {
+            w: Weight::CordQ8(Arc::new(w)),
+            b,
+        }
+    }
+
+    pub fn dense(w: Tensor, b: Option<Tensor>) -> Self {
+        Linear::new(QMatMul::Tensor(w), b)
+    }
+
     pub fn is_quantized(&self) -> bool {
-        matches!(self.w, QMatMul::QTensor(_))
+        matches!(
+            self.w,
+            Weight::Candle(QMatMul::QTensor(_)) | Weight::CordQ8(_)
+        )
     }
 
     /// `x`: `[.., in]` → `[.., out]`, in the dtype of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.w {
-            QMatMul::QTensor(_) => {
+            Weight::CordQ8(p) => {
                 let dt = x.dtype();
                 let xf = x.to_dtype(DType::F32)?.contiguous()?;
-                self.w.forward(&xf)?.to_dtype(dt)?
+                xf.apply_op1_no_bwd(p.as_ref())?.to_dtype(dt)?
             }
-            QMatMul::Tensor(w) if w.dtype() != x.dtype() => {
+            Weight::Candle(w @ QMatMul::QTensor(_)) => {
+                let dt = x.dtype();
+                let xf = x.to_dtype(DType::F32)?.contiguous()?;
+                w.forward(&xf)?.to_dtype(dt)?
+            }
+            Weight::Candle(QMatMul::Tensor(w)) if w.dtype() != x.dtype() => {
                 QMatMul::Tensor(w.to_dtype(x.dtype())?).forward(x)?
             }
-            _ => self.w.forward(x)?,
+            Weight::Candle(w) => w.forward(x)?,
         };
         Ok(match &self.b {
             None => y,

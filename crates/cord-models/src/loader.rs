@@ -14,6 +14,7 @@ use tokenizers::Tokenizer;
 use crate::config::{ModelConfig, RopeScaling, gguf_usize, json_token_ids};
 use crate::error::{ModelError, Result};
 use crate::hub::{HubSpec, Resolved, resolve};
+use crate::layers::CpuGemm;
 use crate::model::{Attention, Model};
 use crate::weights::WeightSource;
 
@@ -30,6 +31,8 @@ pub struct LoadOptions {
     pub allow_download: bool,
     /// How the model's attention reads the paged cache.
     pub attention: Attention,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +43,7 @@ impl Default for LoadOptions {
             dequantize: false,
             allow_download: true,
             attention: Attention::default(),
+            cpu_gemm: CpuGemm::default(),
         }
     }
 }
@@ -493,6 +497,7 @@ fn load_gguf(path: &Path, name: &str, opts: &LoadOptions) -> Result<LoadedModel>
         origin: origin.clone(),
         arch: cfg.arch,
         dequantize: opts.dequantize,
+        cpu_gemm: opts.cpu_gemm,
     };
     let mut model = Model::from_source(&cfg, &src, dtype, &opts.device)?;
     model.set_attention(opts.attention);

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use cord_kernels::cpu::{PackedQ8_0, Tier, candle_repacks_q8_0};
 
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::Linear;
+use crate::layers::{CpuGemm, Linear};
 
 /// What a weight is, for random initialisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +192,8 @@ pub enum WeightSource {
         arch: Arch,
         /// Dequantize matmul weights at load instead of running quantized matmuls.
         dequantize: bool,
+        /// Which kernel runs Q8_0 matmuls on the CPU.
+        cpu_gemm: CpuGemm,
     },
     Map {
         map: HashMap<String, Tensor>,
@@ -289,6 +292,9 @@ impl WeightSource {
     /// On the CPU, GGUF types without a SIMD kernel in candle (Q4_1, Q5_0, Q5_1) are re-quantized
     /// to Q8_0 at load: about 3× faster matmuls for ~50% more weight memory, and Q8_0 holds the
     /// 4/5-bit values almost exactly. With `dequantize` the stored values are used as they are.
+    /// With [`CpuGemm::Cord`], Q8_0 weights (stored or converted) whose shape candle's repacked
+    /// kernel does not take are repacked for cord's int8 GEMM instead (when the CPU has a SIMD
+    /// tier for it).
     pub fn linear(
         &self,
         prefix: &str,
@@ -299,8 +305,17 @@ impl WeightSource {
         device: &Device,
     ) -> Result<Linear> {
         let wname = format!("{prefix}.weight");
+        let b = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out], dtype, device)?)
+        } else {
+            None
+        };
         let w = match self {
-            WeightSource::Gguf { dequantize, .. } => {
+            WeightSource::Gguf {
+                dequantize,
+                cpu_gemm,
+                ..
+            } => {
                 let qt = self.qtensor(&wname, &[out, inp], device)?;
                 if *dequantize {
                     // The file's own values: dequantized straight from the stored type, never
@@ -308,7 +323,12 @@ impl WeightSource {
                     // f32 reference for the quantized paths.
                     QMatMul::Tensor(qt.dequantize(device)?.to_dtype(dtype)?)
                 } else {
-                    match QMatMul::from_qtensor(cpu_fast_qtensor(qt, device)?)? {
+                    let qt = cpu_fast_qtensor(qt, device)?;
+                    if device.is_cpu() && *cpu_gemm == CpuGemm::Cord && cord_q8_0(&qt, out, inp) {
+                        let packed = PackedQ8_0::from_q8_0_bytes(&qt.data()?, out, inp)?;
+                        return Ok(Linear::cpu_q8_0(packed, b));
+                    }
+                    match QMatMul::from_qtensor(qt)? {
                         QMatMul::Tensor(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
                         other => other,
                     }
@@ -316,13 +336,17 @@ impl WeightSource {
             }
             _ => QMatMul::Tensor(self.tensor(&wname, &[out, inp], dtype, device)?),
         };
-        let b = if bias {
-            Some(self.tensor(&format!("{prefix}.bias"), &[out], dtype, device)?)
-        } else {
-            None
-        };
         Ok(Linear::new(w, b))
     }
+}
+
+/// Whether cord's int8 GEMM should run this weight `[n, k]`: Q8_0, a SIMD tier on this CPU, and
+/// a shape candle's own repacked kernel does not take (where it does, it is the faster one).
+fn cord_q8_0(qt: &QTensor, n: usize, k: usize) -> bool {
+    qt.dtype() == GgmlDType::Q8_0
+        && k.is_multiple_of(GgmlDType::Q8_0.block_size())
+        && Tier::detect() != Tier::Scalar
+        && !candle_repacks_q8_0(n, k)
 }
 
 /// Re-quantizes, on the CPU, weight types whose candle matmul has no SIMD kernel to Q8_0.

@@ -23,6 +23,7 @@ use crate::chat::ChatTemplate;
 use crate::memory::{DeviceMemory, DoesNotFit, KvAutoError, Placed};
 
 pub use crate::stop::Finish;
+pub use cord_models::CpuGemm;
 use device::dense_bytes;
 pub use device::{DeviceSpec, parse_dtype};
 pub use generate::{GenOutput, GenRequest};
@@ -90,6 +91,8 @@ pub struct ModelOptions {
     pub max_batch_tokens: usize,
     /// How the model's attention reads the paged cache.
     pub attention: Attention,
+    /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for ModelOptions {
@@ -102,6 +105,7 @@ impl Default for ModelOptions {
             dequantize: false,
             max_batch_tokens: 1024,
             attention: Attention::default(),
+            cpu_gemm: CpuGemm::default(),
         }
     }
 }
@@ -170,11 +174,12 @@ impl Engine {
         Self::default()
     }
 
-    /// Loads a model (or returns the already loaded one with the same spec, device and dtype).
+    /// Loads a model (or returns the already loaded one with the same spec, device, dtype and
+    /// kernels).
     pub fn add_model(&mut self, spec: &str, opts: &ModelOptions) -> Result<ModelId> {
         let key = format!(
-            "{spec}|{}|{:?}|{}",
-            opts.device, opts.dtype, opts.dequantize
+            "{spec}|{}|{:?}|{}|{:?}",
+            opts.device, opts.dtype, opts.dequantize, opts.cpu_gemm
         );
         if let Some(i) = self.models.iter().position(|m| m.key == key) {
             return Ok(ModelId(i));
@@ -191,6 +196,7 @@ impl Engine {
             device: device.clone(),
             dequantize: opts.dequantize,
             attention: opts.attention,
+            cpu_gemm: opts.cpu_gemm,
             ..Default::default()
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
