@@ -49,8 +49,9 @@ fn false_equality_in_line(line: &str) -> Option<String> {
         let (Some(l), Some(r)) = (value(&lc), value(&rc)) else {
             continue;
         };
-        // Written decimals may be rounded or truncated in their last place (10 / 3 = 3.33,
-        // 2 / 3 = 0.66, 7 * 17.14 = 120); integers are exact.
+        // A result written as a decimal may be rounded or truncated in its last place
+        // (10 / 3 = 3.33, 2 / 3 = 0.66); an operand in a computation rounded to its last place
+        // (7 * 17.14 = 120, but not 0.5 * 36 = 16); integers are exact.
         let tol = slack(&lc, l) + slack(&rc, r) + 1e-9 * l.abs().max(r.abs()).max(1.0);
         if (l - r).abs() > tol {
             return Some(format!("{} = {}", lhs.trim(), rhs.trim()));
@@ -311,9 +312,11 @@ fn has_operator(side: &str) -> bool {
     s.contains(['+', '-', '*', '/', '^'])
 }
 
-/// How much the value of a cleaned side can move when each decimal number in it is off by one
-/// unit in its last written place (the sum over those numbers).
+/// How much the value of a cleaned side can move when each decimal number in it is off in its
+/// last written place: by one unit for a side that is a single number (rounded or truncated),
+/// by half a unit for the operands of a computation (rounded); the sum over those numbers.
 fn slack(side: &str, v: f64) -> f64 {
+    let unit = if has_operator(side) { 0.5 } else { 1.0 };
     let b = side.as_bytes();
     let mut total = 0.0;
     let mut i = 0;
@@ -339,8 +342,8 @@ fn slack(side: &str, v: f64) -> f64 {
         let moved = format!(
             "{}{:.*}{}",
             &side[..start],
-            d,
-            x + 10f64.powi(-(d as i32)),
+            d + 1,
+            x + unit * 10f64.powi(-(d as i32)),
             &side[i..]
         );
         if let Some(w) = value(&moved) {
@@ -384,6 +387,11 @@ mod tests {
             ("12 eggs / 2 = 5 eggs", "12 / 2 = 5"),
             ("7 * 13.6 = 104.9", "7 * 13.6 = 104.9"),
             ("1000 + 0.5 = 1001", "1000 + 0.5 = 1001"),
+            // gsm8k-1021: the pool's step 3.
+            (
+                "\\[ \\text{Probability of guessing correctly} = 0.5 \\times 36 = 16 \\]",
+                "0.5 * 36 = 16",
+            ),
         ] {
             assert_eq!(false_equality(text).as_deref(), Some(expect), "{text}");
         }
