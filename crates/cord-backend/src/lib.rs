@@ -42,6 +42,8 @@ pub struct BackendOptions {
     pub attention: Attention,
     /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
     pub cpu_gemm: cord_runtime::engine::CpuGemm,
+    /// Hub ids: download on a cache miss.
+    pub allow_download: bool,
 }
 
 impl Default for BackendOptions {
@@ -54,6 +56,7 @@ impl Default for BackendOptions {
             gpu_memory_fraction: DEFAULT_GPU_MEMORY_FRACTION,
             attention: Attention::default(),
             cpu_gemm: cord_runtime::engine::CpuGemm::default(),
+            allow_download: true,
         }
     }
 }
@@ -203,6 +206,7 @@ impl EngineBackend {
                 max_batch_tokens: opts.max_batch_tokens,
                 attention: opts.attention,
                 cpu_gemm: opts.cpu_gemm,
+                allow_download: opts.allow_download,
                 ..ModelOptions::default()
             };
             tracing::info!(model = spec, %device, "loading");

@@ -623,6 +623,7 @@ fn load_subject_model(t: &Target, engine: &mut Engine) -> Result<Subject> {
                 device: device.clone(),
                 dequantize: t.dequantize,
                 cpu_gemm,
+                allow_download: crate::downloads_allowed(),
                 ..LoadOptions::default()
             };
             let loaded = cord_models::load(&spec, &opts)
@@ -1308,6 +1309,7 @@ fn synth(a: SynthArgs) -> Result<()> {
         kv_memory: KvMemory::Fixed(a.kv_mib << 20),
         device_override: a.device.clone(),
         attention: crate::attention_from_env(),
+        allow_download: crate::downloads_allowed(),
         cpu_gemm: a.cpu_gemm.parse().map_err(anyhow::Error::msg)?,
         ..BackendOptions::default()
     };

@@ -119,6 +119,7 @@ impl ModelArgs {
             dequantize: self.dequantize,
             kv_memory: self.kv_mib << 20,
             attention: attention_from_env(),
+            allow_download: downloads_allowed(),
             ..ModelOptions::default()
         })
     }
@@ -126,6 +127,17 @@ impl ModelArgs {
 
 /// `CORD_ATTENTION=paged|gather`: how every model's attention reads the paged cache (default
 /// `paged`; see [`cord_models::Attention`]). Read here, at the binary's edge, and passed down.
+/// `HF_HUB_OFFLINE` (1/ON/YES/TRUE, any case), the Hugging Face convention: hub ids resolve
+/// from the local cache only.
+pub(crate) fn downloads_allowed() -> bool {
+    !std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_uppercase().as_str(),
+            "1" | "ON" | "YES" | "TRUE"
+        )
+    })
+}
+
 pub(crate) fn attention_from_env() -> cord_models::Attention {
     std::env::var("CORD_ATTENTION")
         .ok()

@@ -96,6 +96,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 device_override: a.device.clone(),
                 gpu_memory_fraction: a.gpu_memory_fraction,
                 attention: crate::attention_from_env(),
+                allow_download: crate::downloads_allowed(),
                 ..BackendOptions::default()
             };
             Models::from_pool(pool, &opts)?
@@ -106,6 +107,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 device: DeviceSpec::parse(a.device.as_deref().unwrap_or("cpu"))?,
                 kv_memory: a.kv_mib << 20,
                 attention: crate::attention_from_env(),
+                allow_download: crate::downloads_allowed(),
                 ..ModelOptions::default()
             };
             Models::from_specs(&specs, &opts)?

@@ -334,6 +334,7 @@ pub(crate) fn run_pool(
         device_override: run.device.clone(),
         gpu_memory_fraction: run.gpu_memory_fraction,
         attention: crate::attention_from_env(),
+        allow_download: crate::downloads_allowed(),
         ..BackendOptions::default()
     };
     EngineBackend::check(pool, &opts)?;

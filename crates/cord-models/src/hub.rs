@@ -59,18 +59,6 @@ impl HubSpec {
     }
 }
 
-/// `HF_HUB_OFFLINE` is truthy (1/ON/YES/TRUE, any case).
-pub fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_uppercase().as_str(),
-                "1" | "ON" | "YES" | "TRUE"
-            )
-        })
-        .unwrap_or(false)
-}
-
 /// A model resolved to local files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
@@ -122,9 +110,6 @@ impl Resolver {
         if !self.allow_download {
             return Err("not in cache (downloads disabled)".into());
         }
-        if hub_offline() {
-            return Err("not in cache (HF_HUB_OFFLINE is set)".into());
-        }
         if self.api.is_none() && self.api_error.is_none() {
             match hf_hub::api::sync::ApiBuilder::from_env()
                 .with_progress(false)
@@ -147,10 +132,8 @@ impl Resolver {
             self.cache_dir().display(),
             self.spec.revision
         )];
-        if hub_offline() {
-            looked.push("no download: HF_HUB_OFFLINE is set".into());
-        } else if !self.allow_download {
-            looked.push("no download: disabled by LoadOptions".into());
+        if !self.allow_download {
+            looked.push("no download: downloads disabled".into());
         }
         ModelError::ModelNotFound {
             spec: spec.to_string(),
@@ -159,8 +142,9 @@ impl Resolver {
     }
 }
 
-/// Resolves a hub id: the standard cache (`HF_HOME`) first, then a download unless
-/// `HF_HUB_OFFLINE` is set or `allow_download` is false (no network client is built then).
+/// Resolves a hub id: the standard cache (`HF_HOME`, read by hf-hub) first, then a download
+/// unless `allow_download` is false (no network client is built then; the `cord` binary turns
+/// downloads off when `HF_HUB_OFFLINE` is set).
 pub fn resolve(spec_str: &str, spec: &HubSpec, allow_download: bool) -> Result<Resolved> {
     let mut r = Resolver {
         spec: spec.clone(),

@@ -12,7 +12,7 @@ pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use hub::{HubSpec, Resolved, hub_offline};
+pub use hub::{HubSpec, Resolved};
 pub use layers::CpuGemm;
 pub use loader::{LoadOptions, LoadedModel, check_spec, estimate_weight_bytes, load};
 pub use model::{Attention, LogitsMode, Model, SeqInput};

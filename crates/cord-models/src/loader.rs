@@ -27,7 +27,7 @@ pub struct LoadOptions {
     pub device: Device,
     /// GGUF: dequantize the matmul weights at load (to `dtype`) instead of quantized matmuls.
     pub dequantize: bool,
-    /// Hub ids: allow downloading on a cache miss (`HF_HUB_OFFLINE` always forbids it).
+    /// Hub ids: allow downloading on a cache miss.
     pub allow_download: bool,
     /// How the model's attention reads the paged cache.
     pub attention: Attention,

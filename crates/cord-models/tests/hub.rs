@@ -1,10 +1,10 @@
-//! Hub ids resolve through a fake HF cache with HF_HUB_OFFLINE=1. One test function, because
-//! it sets process-wide environment variables.
+//! Hub ids resolve through a fake HF cache with downloads off. One test function, because it
+//! sets the process-wide `HF_HOME`.
 
 mod common;
 
 use common::*;
-use cord_models::{HubSpec, LoadOptions, ModelError, hub_offline, load};
+use cord_models::{HubSpec, LoadOptions, ModelError, load};
 
 #[test]
 fn hub_cache_resolution_offline() {
@@ -30,9 +30,11 @@ fn hub_cache_resolution_offline() {
     // SAFETY: this is the only test in this binary; nothing else reads the environment.
     unsafe {
         std::env::set_var("HF_HOME", home.path());
-        std::env::set_var("HF_HUB_OFFLINE", "yes");
     }
-    assert!(hub_offline());
+    let offline = LoadOptions {
+        allow_download: false,
+        ..LoadOptions::default()
+    };
 
     // models--org--tiny/{refs/main, snapshots/<hash>/...}
     let repo = home.path().join("hub").join("models--org--tiny");
@@ -49,48 +51,36 @@ fn hub_cache_resolution_offline() {
     .unwrap();
 
     // Without refs/main the snapshot is not found; the error says where we looked.
-    let e = load("org/tiny", &LoadOptions::default()).unwrap_err();
+    let e = load("org/tiny", &offline).unwrap_err();
     let s = e.to_string();
     assert!(matches!(e, ModelError::ModelNotFound { .. }), "{s}");
     assert!(
-        s.contains("models--org--tiny") && s.contains("HF_HUB_OFFLINE"),
+        s.contains("models--org--tiny") && s.contains("downloads disabled"),
         "{s}"
     );
 
     std::fs::write(repo.join("refs").join("main"), hash).unwrap();
-    let lm = load("org/tiny", &LoadOptions::default()).unwrap();
+    let lm = load("org/tiny", &offline).unwrap();
     assert_eq!(lm.name, "org/tiny");
     assert_eq!(lm.eos_token_ids, vec![7, 2]);
     assert_eq!(lm.model.config().arch, cord_models::Arch::Qwen2);
 
     // A revision given as the commit hash.
-    let lm = load(&format!("org/tiny@{hash}"), &LoadOptions::default()).unwrap();
+    let lm = load(&format!("org/tiny@{hash}"), &offline).unwrap();
     assert_eq!(lm.name, "org/tiny");
 
     // A missing model: one error naming the cache folder it looked in.
-    let e = load("org/absent", &LoadOptions::default()).unwrap_err();
+    let e = load("org/absent", &offline).unwrap_err();
     let s = e.to_string();
     assert!(matches!(e, ModelError::ModelNotFound { .. }), "{s}");
     assert!(s.contains("models--org--absent"), "{s}");
     assert!(s.contains(&home.path().display().to_string()), "{s}");
 
     // A missing file of a present repo.
-    let e = load("org/tiny:model.gguf", &LoadOptions::default()).unwrap_err();
+    let e = load("org/tiny:model.gguf", &offline).unwrap_err();
     assert!(e.to_string().contains("model.gguf"), "{e}");
 
-    // Downloads disabled by options (not offline) also never touch the network.
     unsafe {
-        std::env::set_var("HF_HUB_OFFLINE", "0");
-    }
-    assert!(!hub_offline());
-    let opts = LoadOptions {
-        allow_download: false,
-        ..LoadOptions::default()
-    };
-    let e = load("org/absent", &opts).unwrap_err().to_string();
-    assert!(e.contains("disabled"), "{e}");
-    unsafe {
-        std::env::remove_var("HF_HUB_OFFLINE");
         std::env::remove_var("HF_HOME");
     }
 }

@@ -93,6 +93,8 @@ pub struct ModelOptions {
     pub attention: Attention,
     /// GGUF on the CPU: which kernel runs the Q8_0 matmuls.
     pub cpu_gemm: CpuGemm,
+    /// Hub ids: download on a cache miss.
+    pub allow_download: bool,
 }
 
 impl Default for ModelOptions {
@@ -106,6 +108,7 @@ impl Default for ModelOptions {
             max_batch_tokens: 1024,
             attention: Attention::default(),
             cpu_gemm: CpuGemm::default(),
+            allow_download: true,
         }
     }
 }
@@ -197,7 +200,7 @@ impl Engine {
             dequantize: opts.dequantize,
             attention: opts.attention,
             cpu_gemm: opts.cpu_gemm,
-            ..Default::default()
+            allow_download: opts.allow_download,
         };
         let loaded = cord_models::load(spec, &load).map_err(|e| model_err(spec, e))?;
         let weights = estimate.unwrap_or_else(|| dense_bytes(&loaded.model));
