@@ -13,8 +13,16 @@ use cord_verify::expr::parse_expr;
 
 /// Characters a side of an equality may consist of (after normalisation).
 fn numeric_char(c: char) -> bool {
-    c.is_ascii_digit() || matches!(c, '.' | ',' | '+' | '-' | '*' | '/' | '^' | '(' | ')' | ' ')
+    c.is_ascii_digit()
+        || matches!(
+            c,
+            '.' | ',' | '+' | '-' | '*' | '/' | '^' | '(' | ')' | ' ' | UNIT
+        )
 }
+
+/// Stands where [`strip_units`] removed a unit word, so that a side can tell a quantity
+/// (`4 pens`) from a bare number.
+const UNIT: char = '\u{1f}';
 
 /// Words that, right before a left side, make it part of a larger expression written in words
 /// (`20% of 50 = 10`, `half of 16 = 8`, `3 times 4 = 12`).
@@ -45,6 +53,12 @@ fn false_equality_in_line(line: &str) -> Option<String> {
         if !has_operator(&lhs) && !has_operator(&rhs) {
             continue;
         }
+        // A lone quantity with its unit is a label, not a value: `4 pens = $1.5 * 4 = $6`
+        // says what four pens cost.
+        if !has_operator(&lhs) && lhs.contains(UNIT) {
+            continue;
+        }
+        let (lhs, rhs) = (lhs.replace(UNIT, ""), rhs.replace(UNIT, ""));
         let (lc, rc) = (cord_verify::clean(&lhs), cord_verify::clean(&rhs));
         let (Some(l), Some(r)) = (value(&lc), value(&rc)) else {
             continue;
@@ -178,6 +192,7 @@ fn strip_units(line: &str) -> String {
     let mut at = 0;
     for (a, b) in spans {
         out.extend(&c[at..a]);
+        out.push(UNIT);
         at = b;
     }
     out.extend(&c[at..]);
@@ -429,6 +444,8 @@ mod tests {
             "- 10 feet * 10 inches = 100 inches",
             "3 hours 30 minutes = 210",
             "1 km + 500 m = 1.5 km",
+            // gsm8k-158: SmolLM2's step 1, the cost of four pens.
+            "### Step 1. 4 pens = $1.5 * 4 = $6.00",
             "It is 7. 3 * 4 = 12",
             "f(3) = 9 + 1",
             "The cost is 5 * 3 = 15 dollars.",
