@@ -413,28 +413,6 @@ pub enum StepOutcome {
 
 /// Turns a step proposal into a step body (O-1, O-4, O-19, O-25), to be appended after the
 /// prefilled header; `budget_limited` says that `max_new_tokens` was the think budget's room, not the cap.
-/// `text` without a trailing math block that the step cap cut open (`\[`, `\(` or `$$`
-/// without its closing delimiter): the text before that block's opening, when there is any.
-/// `The total is:\n\[ 14 \times` becomes `The total is:\n`.
-fn before_open_math(text: &str) -> &str {
-    let mut t = text;
-    for (open, close) in [("\\[", "\\]"), ("\\(", "\\)")] {
-        if t.matches(open).count() > t.matches(close).count()
-            && let Some(at) = t.rfind(open)
-            && !t[..at].trim().is_empty()
-        {
-            t = &t[..at];
-        }
-    }
-    if t.matches("$$").count() % 2 == 1
-        && let Some(at) = t.rfind("$$")
-        && !t[..at].trim().is_empty()
-    {
-        t = &t[..at];
-    }
-    t
-}
-
 pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
     let text = p.text.as_str();
     if text.trim().is_empty() {
@@ -477,7 +455,6 @@ pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
                 Some(i) if !text[..i].trim().is_empty() => &text[..i],
                 _ => text,
             };
-            let cut = before_open_math(cut);
             StepOutcome::Step {
                 body: format!("{}\n\n", cut.trim_end()),
                 done: false,
@@ -846,25 +823,6 @@ mod tests {
         assert_eq!(
             body(finish_step(&p(" a b c", Finish::Length), false)),
             (" a b c\n\n".into(), false, false, "step-cap")
-        );
-        // The step cap never leaves a formula open: the cut goes before the open block.
-        assert_eq!(
-            body(finish_step(
-                &p(" The total is:\n\\[ 14 \\times", Finish::Length),
-                false
-            )),
-            (" The total is:\n\n".into(), false, false, "step-cap")
-        );
-        assert_eq!(
-            body(finish_step(
-                &p(" So \\(x = 2\\) and $$ 3 +", Finish::Length),
-                false
-            )),
-            (" So \\(x = 2\\) and\n\n".into(), false, false, "step-cap")
-        );
-        assert_eq!(
-            body(finish_step(&p("\\[ 14 \\times", Finish::Length), false)),
-            ("\\[ 14 \\times\n\n".into(), false, false, "step-cap")
         );
         assert_eq!(
             body(finish_step(&p(" a b c ", Finish::Length), true)),
