@@ -320,7 +320,8 @@ fn cross_teacher_run_writes_valid_records() {
     let f = Fixture::new();
     // The random tiny models write junk that the filter would reject; this test is about
     // cross-teacher scoring, so every candidate is scored.
-    let pool = f.pool_with(3, 2, CROSS, "save_tree = true\n[filter]\nenabled = false");
+    let mut pool = f.pool_with(3, 2, CROSS, "save_tree = true");
+    pool.filter.enabled = false;
     let out = f.out("cross.jsonl");
     let (summary, _) = synth(&pool, f.problems(), &out, fresh());
     assert_eq!(summary.written, 3);

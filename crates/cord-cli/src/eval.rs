@@ -132,7 +132,22 @@ fn tally(row: &mut Row, records: &[Record], pool: &PoolConfig) {
         }
         let text = reasoning(r);
         row.steps += cord_decode::hygiene::split_steps(&text, prompt_guided).len();
-        row.degenerate_steps += degenerate_steps(&text, prompt_guided, &filter).len();
+        let mut flagged: std::collections::BTreeSet<usize> =
+            degenerate_steps(&text, prompt_guided, &filter)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect();
+        // A step the step cap cut mid-paragraph is junk too, but only its finish says so:
+        // steps are counted in the order of the written ones (the closing `</think>` is none).
+        flagged.extend(
+            r.steps
+                .iter()
+                .filter(|s| !cord_decode::hygiene::step_body(&s.text).is_empty())
+                .enumerate()
+                .filter(|(_, s)| s.finish == cord_decode::search::STEP_CAP_MID)
+                .map(|(i, _)| i),
+        );
+        row.degenerate_steps += flagged.len();
         row.natural_ends += usize::from(r.natural_end);
     }
 }

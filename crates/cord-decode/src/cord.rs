@@ -345,7 +345,7 @@ impl CordSearch {
                 .reject(&self.s, slot.exp.teacher, Reject::Empty);
             return None;
         };
-        let why = self.s.reject(&text, &step_texts(&parent.steps))?;
+        let why = self.s.reject(out, &text, &step_texts(&parent.steps))?;
         // Rejected candidates get ids of their own, so that beam ids (and the seeds drawn from
         // them) are the same with and without the filter.
         let (parent_id, id) = (parent.id, REJECTED_IDS + self.rejected_count);

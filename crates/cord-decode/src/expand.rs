@@ -73,7 +73,7 @@ pub(crate) struct Child {
     pub reasoning: String,
     pub done: bool,
     pub forced: bool,
-    /// step | think | eos | step-cap | budget | answer
+    /// step | think | eos | step-cap | step-cap-mid | budget | answer
     pub reason: &'static str,
     /// Cue phrase that starts the next step (cue-phrase unit).
     pub pending: String,

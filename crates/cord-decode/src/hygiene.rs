@@ -57,6 +57,11 @@ pub struct FilterConfig {
     /// `\times`, `\cdot`, `\div` or an open brace or parenthesis — a step cut by the step cap
     /// mid-formula, such as `\[ 10 \times` (gsm8k-740 in the README).
     pub reject_unfinished_math: bool,
+    /// Reject a step that the step cap (`max_step_tokens`) cut in the middle of a paragraph
+    /// (finish `step-cap-mid`: no `\n\n` to cut back to), such as "Since the rolls are
+    /// independent, the" or a formula stopped before its `\]`. A cap cut at a paragraph break
+    /// keeps whole paragraphs and is not rejected.
+    pub reject_cut: bool,
 }
 
 impl Default for FilterConfig {
@@ -74,6 +79,7 @@ impl Default for FilterConfig {
             progress_first: true,
             check_arithmetic: true,
             reject_unfinished_math: true,
+            reject_cut: true,
         }
     }
 }
@@ -135,6 +141,8 @@ pub enum Reject {
     WrongArithmetic,
     /// Ends inside a formula (`reject_unfinished_math`).
     UnfinishedMath,
+    /// Cut by the step cap in the middle of a paragraph (`reject_cut`).
+    CutByCap,
 }
 
 impl Reject {
@@ -148,6 +156,7 @@ impl Reject {
             Reject::NoProgress => "no-progress",
             Reject::WrongArithmetic => "wrong-arithmetic",
             Reject::UnfinishedMath => "unfinished-math",
+            Reject::CutByCap => "cut-by-cap",
         }
     }
 }

@@ -518,7 +518,7 @@ impl Search for MctsSearch {
                     if let Some(text) = slots[i].step_text(&out) {
                         let earlier = self.path_texts(node);
                         let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
-                        if let Some(why) = self.s.reject(&text, &earlier) {
+                        if let Some(why) = self.s.reject(&out, &text, &earlier) {
                             // A rejected step is handled like an empty one: resampled once,
                             // then left out of the node's children.
                             self.run.stats.reject(&self.s, slots[i].teacher, why);

@@ -334,10 +334,15 @@ impl Settings {
     }
 
     /// The rule a candidate step breaks (`None` when it is fine or the filter is off).
-    /// `earlier` are the texts of the beam's earlier steps.
-    pub fn reject(&self, text: &str, earlier: &[&str]) -> Option<Reject> {
+    /// `text` is the step (header and body) of outcome `out`; `earlier` are the texts of the
+    /// beam's earlier steps.
+    pub fn reject(&self, out: &StepOutcome, text: &str, earlier: &[&str]) -> Option<Reject> {
         if !self.filter.enabled {
             return None;
+        }
+        let cut = matches!(out, StepOutcome::Step { reason, .. } if *reason == STEP_CAP_MID);
+        if cut && self.filter.reject_cut {
+            return Some(Reject::CutByCap);
         }
         check_step(text, earlier, &self.filter)
     }
@@ -392,6 +397,9 @@ pub fn closed(r: &str) -> String {
     }
 }
 
+/// Finish of a step the step cap cut in the middle of a paragraph (no `\n\n` to cut back to).
+pub const STEP_CAP_MID: &str = "step-cap-mid";
+
 /// A finished step body, or nothing usable.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
@@ -404,7 +412,7 @@ pub enum StepOutcome {
         done: bool,
         /// `</think>` was added by force.
         forced: bool,
-        /// step | think | eos | step-cap | budget
+        /// step | think | eos | step-cap | step-cap-mid | budget | answer
         reason: &'static str,
         /// Cue phrase that starts the next step (cue-phrase unit).
         next_header: String,
@@ -451,15 +459,15 @@ pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
         Finish::Eos => forced_close("eos"),
         Finish::Length if budget_limited => forced_close("budget"),
         Finish::Length => {
-            let cut = match text.rfind("\n\n") {
-                Some(i) if !text[..i].trim().is_empty() => &text[..i],
-                _ => text,
+            let (cut, reason) = match text.rfind("\n\n") {
+                Some(i) if !text[..i].trim().is_empty() => (&text[..i], "step-cap"),
+                _ => (text, STEP_CAP_MID),
             };
             StepOutcome::Step {
                 body: format!("{}\n\n", cut.trim_end()),
                 done: false,
                 forced: false,
-                reason: "step-cap",
+                reason,
                 next_header: String::new(),
             }
         }
@@ -822,7 +830,7 @@ mod tests {
         );
         assert_eq!(
             body(finish_step(&p(" a b c", Finish::Length), false)),
-            (" a b c\n\n".into(), false, false, "step-cap")
+            (" a b c\n\n".into(), false, false, "step-cap-mid")
         );
         assert_eq!(
             body(finish_step(&p(" a b c ", Finish::Length), true)),

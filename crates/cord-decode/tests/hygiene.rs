@@ -355,3 +355,67 @@ fn progress_first_is_off_without_the_filter() {
     assert_eq!(b.score_calls()[0].len(), 2);
     assert_eq!(rec.steps[0].teacher, "t1");
 }
+
+/// t0's step is cut by the step cap mid-paragraph (scored highest if it competed), t1's ends
+/// with its own header.
+fn cut_script() -> cord_decode::scripted::ScriptedBackend {
+    let mut b = backend(2);
+    b.propose(
+        0,
+        H1,
+        " 42 / 3 = 14 so the fog covers it in \\[ 14 \\",
+        Finish::Length,
+    )
+    .propose(1, H1, " 42 / 3 = 14 segments", step());
+    b.score(
+        "### Step 1. 42 / 3 = 14 so the fog covers it in \\[ 14 \\",
+        0.9,
+    )
+    .score("### Step 1. 42 / 3 = 14 segments", 0.3);
+    for first in [
+        "### Step 1. 42 / 3 = 14 so the fog covers it in \\[ 14 \\",
+        "### Step 1. 42 / 3 = 14 segments",
+    ] {
+        let p2 = format!("{first}\n\n### Step 2.");
+        b.propose(0, &p2, " 14 * 10 = 140", think()).propose(
+            1,
+            &p2,
+            " 14 * 10 = 140 minutes",
+            think(),
+        );
+        b.score(&format!("{first}\n\n### Step 2. 14 * 10 = 140"), 0.8)
+            .score(
+                &format!("{first}\n\n### Step 2. 14 * 10 = 140 minutes"),
+                0.7,
+            );
+        b.answer(
+            0,
+            &format!("{first}\n\n### Step 2. 14 * 10 = 140</think>"),
+            "\\boxed{140}",
+            Finish::Eos,
+        );
+    }
+    b
+}
+
+#[test]
+fn a_step_the_cap_cut_mid_paragraph_is_rejected() {
+    let capped = pool(2, "beam_width = 1\nmax_step_tokens = 16");
+    let mut b = cut_script();
+    let rec = drive(&capped, problem("p", "140"), &mut b);
+    assert_eq!(rec.steps[0].teacher, "t1");
+    assert_eq!(rec.steps[0].text, "### Step 1. 42 / 3 = 14 segments\n\n");
+    assert_eq!(rejected(&rec, "t0", "cut-by-cap"), 1);
+    assert_eq!(b.score_calls()[0].len(), 1, "the cut step is never scored");
+
+    // `reject_cut = false`: the cut step competes, wins on its score, and says how it ended.
+    let raw = pool(
+        2,
+        "beam_width = 1\nmax_step_tokens = 16\n[filter]\nreject_cut = false",
+    );
+    let mut b = cut_script();
+    let rec = drive(&raw, problem("p", "140"), &mut b);
+    assert_eq!(rec.steps[0].teacher, "t0");
+    assert_eq!(rec.steps[0].finish, "step-cap-mid");
+    assert_eq!(rejected(&rec, "t0", "cut-by-cap"), 0);
+}

@@ -289,7 +289,11 @@ fn step_cap_cuts_at_the_last_blank_line() {
 
 #[test]
 fn budget_reached_mid_step_is_force_closed() {
-    let pool = pool(1, "beam_width = 1\nthink_budget = 20\nmax_step_tokens = 8");
+    // Step 1 is cut by the cap mid-paragraph: kept here (`reject_cut` off) to test the budget.
+    let pool = pool(
+        1,
+        "beam_width = 1\nthink_budget = 20\nmax_step_tokens = 8\n[filter]\nreject_cut = false",
+    );
     let mut b = backend(1);
     b.propose(0, H1, " w1 w2 w3 w4 w5 w6 w7 w8", Finish::Length);
     // Prefix: 3 + 8 + 3 = 14 words → room 6 ≤ cap: the budget limits this step.
@@ -316,7 +320,11 @@ fn budget_reached_mid_step_is_force_closed() {
 
 #[test]
 fn no_room_left_force_closes_without_a_request() {
-    let pool = pool(1, "beam_width = 1\nthink_budget = 12\nmax_step_tokens = 8");
+    // Step 1 is cut by the cap mid-paragraph: kept here (`reject_cut` off) to test the budget.
+    let pool = pool(
+        1,
+        "beam_width = 1\nthink_budget = 12\nmax_step_tokens = 8\n[filter]\nreject_cut = false",
+    );
     let mut b = backend(1);
     b.propose(0, H1, " w1 w2 w3 w4 w5 w6 w7 w8", Finish::Length);
     b.score("### Step 1. w1 w2 w3 w4 w5 w6 w7 w8", 0.4);

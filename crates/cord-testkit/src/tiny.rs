@@ -297,8 +297,8 @@ pub fn write_pool_models(dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// The `[scorer]` table (body `scorer`) and the two `[[teacher]]` tables of a pool over both tiny
-/// models on the CPU; the caller writes the `[search]` table before it.
+/// The `[scorer]` table (body `scorer`), the two `[[teacher]]` tables and the `[filter]` table
+/// of a pool over both tiny models on the CPU; the caller writes the `[search]` table before it.
 pub fn pool_tables(llama: &Path, qwen2: &Path, scorer: &str) -> String {
     let q = |p: &Path| json!(p.display().to_string()).to_string();
     format!(
@@ -320,6 +320,11 @@ device = "cpu"
 dtype = "f32"
 temperature = 0.6
 top_k = 64
+
+# The random tiny models never end a step by themselves: every step runs into the small step
+# caps of the test pools, mid-paragraph, and `reject_cut` would reject them all.
+[filter]
+reject_cut = false
 "#,
         t0 = POOL_TEACHERS[0],
         t1 = POOL_TEACHERS[1],
