@@ -45,7 +45,7 @@ pub struct FilterConfig {
     /// announcing a plan) are rejected before scoring. When no candidate of the step makes
     /// progress, all of them compete. The paper's score cannot tell these apart: a step that
     /// says nothing keeps the answer's probability at its question-only prior, while a correct
-    /// intermediate result lowers it (README, "Junk, natural ends and the scorer").
+    /// intermediate result lowers it (docs/evals.md, "Junk, natural ends and the scorer").
     pub progress_first: bool,
     /// Reject a step that states a false equality between numbers (`16 * 2 = 8`; chains such
     /// as `16 = 16 * 2 = 32`), judged conservatively by [`crate::arithmetic::false_equality`]:
@@ -279,7 +279,7 @@ fn repeated_line(body: &str, max: usize) -> bool {
     let mut counts: HashMap<String, usize> = HashMap::new();
     for line in body.lines() {
         let l = normalize_ws(line);
-        if l.is_empty() {
+        if l.is_empty() || math_delimiter(&l) {
             continue;
         }
         let n = counts.entry(l).or_default();
@@ -289,6 +289,20 @@ fn repeated_line(body: &str, max: usize) -> bool {
         }
     }
     false
+}
+
+/// A line that only opens or closes a math block (`\[`, `\]`, `$$`, `\(`, `\)`,
+/// `\begin{aligned}`, `\end{aligned}`, ...): a step with three display formulas has three of
+/// each, which is layout, not a loop.
+fn math_delimiter(line: &str) -> bool {
+    matches!(line, "\\[" | "\\]" | "$$" | "\\(" | "\\)")
+        || ["\\begin{", "\\end{"].iter().any(|p| {
+            line.strip_prefix(p)
+                .and_then(|r| r.strip_suffix('}'))
+                .is_some_and(|env| {
+                    !env.is_empty() && env.chars().all(|c| c.is_ascii_alphabetic() || c == '*')
+                })
+        })
 }
 
 /// Lines with every digit run replaced by `0`: the most frequent one occurs `max` times or
@@ -301,7 +315,7 @@ fn repeated_template(body: &str, max: usize) -> bool {
     let mut lines = 0usize;
     for line in body.lines() {
         let l = normalize_ws(line);
-        if l.is_empty() {
+        if l.is_empty() || math_delimiter(&l) {
             continue;
         }
         lines += 1;
@@ -503,6 +517,32 @@ mod tests {
         assert_eq!(check("### Step 3.   \n"), Some(Reject::Empty));
         assert_eq!(check("### Step 3.\n</think>"), Some(Reject::Empty));
         assert_eq!(check("### Step 3. 2 + 2 = 4"), None);
+    }
+
+    #[test]
+    fn display_formula_delimiters_are_not_repeated_lines() {
+        // Qwen2.5-Coder-1.5B alone on a CHAMP problem (champ-P_Combinatorics_11): four display
+        // formulas, each `\[` and `\]` on a line of its own.
+        let step = "### Step 4. Simplify the Expression\n\
+            Substitute the expression for \\( \\binom{n}{2} \\) into the equation:\n\n\
+            \\[\n\\text{Number of diagonals} = \\frac{n(n-1)}{2} - n\n\\]\n\n\
+            To combine these terms, we need a common denominator. The common denominator is 2:\n\n\
+            \\[\n\\text{Number of diagonals} = \\frac{n(n-1) - 2n}{2}\n\\]\n\n\
+            Simplify the numerator:\n\n\
+            \\[\nn(n-1) - 2n = n^2 - n - 2n = n^2 - 3n\n\\]\n\n\
+            So, the number of diagonals is:\n\n\
+            \\[\n\\text{Number of diagonals} = \\frac{n^2 - 3n}{2}\n\\]\n";
+        assert_eq!(check(step), None);
+        let aligned: String = (1..=3)
+            .map(|i| format!("\\begin{{aligned}}\nx_{i} &= {i} + {i}\n\\end{{aligned}}\n"))
+            .collect();
+        assert_eq!(check(&format!("### Step 2.\n{aligned}")), None);
+        // A repeated line with text in it is still a loop, delimiters or not.
+        let looped = "$$\nthe count is n + 2\n$$\n".repeat(3);
+        assert_eq!(
+            check(&format!("### Step 2.\n{looped}")),
+            Some(Reject::RepeatedLine)
+        );
     }
 
     #[test]
