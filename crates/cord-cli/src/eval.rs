@@ -137,16 +137,19 @@ fn tally(row: &mut Row, records: &[Record], pool: &PoolConfig) {
                 .into_iter()
                 .map(|(i, _)| i)
                 .collect();
-        // A step the step cap cut mid-paragraph is junk too, but only its finish says so:
-        // steps are counted in the order of the written ones (the closing `</think>` is none).
-        flagged.extend(
-            r.steps
-                .iter()
-                .filter(|s| !cord_decode::hygiene::step_body(&s.text).is_empty())
-                .enumerate()
-                .filter(|(_, s)| s.finish == cord_decode::search::STEP_CAP_MID)
-                .map(|(i, _)| i),
-        );
+        // A step the step cap cut mid-paragraph is junk too where the pool's filter says so
+        // (`reject_cut`), but only its finish tells: steps are counted in the order of the
+        // written ones (the closing `</think>` is none).
+        if filter.reject_cut {
+            flagged.extend(
+                r.steps
+                    .iter()
+                    .filter(|s| !cord_decode::hygiene::step_body(&s.text).is_empty())
+                    .enumerate()
+                    .filter(|(_, s)| s.finish == cord_decode::search::STEP_CAP_MID)
+                    .map(|(i, _)| i),
+            );
+        }
         row.degenerate_steps += flagged.len();
         row.natural_ends += usize::from(r.natural_end);
     }
