@@ -813,7 +813,10 @@ async fn a_disconnected_stream_is_cancelled_and_frees_its_sequence() {
         max_tokens: 2000,
         ..config()
     });
-    let body = json!({"model": LLAMA, "prompt": "Go on:", "max_tokens": 2000, "temperature": 1.0, "seed": 1, "stream": true});
+    // Seed 5: the tiny model writes 842 tokens before its EOS when left alone (seed 1, used
+    // before, stopped by itself after 21, so under load the stream could end before the
+    // disconnect was seen and nothing was cancelled).
+    let body = json!({"model": LLAMA, "prompt": "Go on:", "max_tokens": 2000, "temperature": 1.0, "seed": 5, "stream": true});
     let mut resp = srv
         .http
         .post(srv.url("/v1/completions"))
@@ -837,7 +840,7 @@ async fn a_disconnected_stream_is_cancelled_and_frees_its_sequence() {
     let m = &st.models[0];
     assert_eq!((m.live_sequences, m.leaked_blocks), (0, 0), "{m:?}");
     assert!(
-        m.generated_tokens < 2000,
+        m.generated_tokens < 842,
         "the request ran to its end: {m:?}"
     );
 }
