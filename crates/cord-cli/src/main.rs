@@ -125,10 +125,9 @@ impl ModelArgs {
     }
 }
 
-/// `CORD_ATTENTION=paged|gather`: how every model's attention reads the paged cache (default
-/// `paged`; see [`cord_models::Attention`]). Read here, at the binary's edge, and passed down.
-/// `HF_HUB_OFFLINE` (1/ON/YES/TRUE, any case), the Hugging Face convention: hub ids resolve
-/// from the local cache only.
+/// Whether hub ids may be downloaded on a cache miss: not when `HF_HUB_OFFLINE` is set (1/ON/
+/// YES/TRUE, any case; the Hugging Face convention), then they resolve from the local cache
+/// only. Read here, at the binary's edge, and passed down as `allow_download`.
 pub(crate) fn downloads_allowed() -> bool {
     !std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
         matches!(
@@ -138,6 +137,8 @@ pub(crate) fn downloads_allowed() -> bool {
     })
 }
 
+/// `CORD_ATTENTION=paged|gather`: how every model's attention reads the paged cache (default
+/// `paged`; see [`cord_models::Attention`]). Read here, at the binary's edge, and passed down.
 pub(crate) fn attention_from_env() -> cord_models::Attention {
     std::env::var("CORD_ATTENTION")
         .ok()
