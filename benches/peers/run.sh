@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side peer benchmarks, one run on one machine (see BENCHMARKS.md):
-#   1. single-sequence decode on the same GGUF file: cord vs llama.cpp (llama-cpp-python) vs
-#      HF transformers (f32, the GGUF dequantized), interleaved, each `REPEAT` times;
+#   1. single-sequence prefill and decode on the same GGUF file: cord vs llama.cpp
+#      (llama-cpp-python) vs HF transformers (f32, the GGUF dequantized), interleaved, each
+#      `REPEAT` times (`PEERS=llama` leaves transformers out; `MODEL` picks the GGUF);
 #   2. batched decode (batch 1/4/16 by default): cord vs HF transformers, interleaved;
 #   3. the CoRD loop end to end: `cord synth` vs the Python loop on HF transformers
 #      (benches/peers/hf_cord.py), same pool file, problems, beam width and budgets.
@@ -33,30 +34,40 @@ fi
 what="${1:-all}"
 
 decode() {
+  local peers="${PEERS:-llama,hf}" tag
+  tag="$(basename "$(dirname "$MODEL")")"
   for r in $(seq 1 "$REPEAT"); do
     "$CORD" bench decode --model "$MODEL" --batch 1 --prompt-len "$PROMPT_LEN" --gen-len "$GEN_LEN" \
-      --repeat 1 --seed "$r" --json "$OUT/decode-cord-$r.json" >/dev/null 2>&1
-    (cd benches/peers && "$PY" decode.py --peer llama --model "$MODEL" --prompt-len "$PROMPT_LEN" \
-      --gen-len "$GEN_LEN" --repeat 1 --seed "$r" --threads "$THREADS" --json "$OUT/decode-llama-$r.json" >/dev/null 2>&1)
-    (cd benches/peers && "$PY" decode.py --peer hf --model "$MODEL" --prompt-len "$PROMPT_LEN" \
-      --gen-len "$GEN_LEN" --repeat 1 --seed "$r" --threads "$THREADS" --json "$OUT/decode-hf-$r.json" >/dev/null 2>&1)
+      --repeat 1 --seed "$r" --json "$OUT/decode-$tag-cord-$r.json" >/dev/null 2>&1
+    for peer in ${peers//,/ }; do
+      (cd benches/peers && "$PY" decode.py --peer "$peer" --model "$MODEL" --prompt-len "$PROMPT_LEN" \
+        --gen-len "$GEN_LEN" --repeat 1 --seed "$r" --threads "$THREADS" --json "$OUT/decode-$tag-$peer-$r.json" >/dev/null 2>&1)
+    done
   done
-  "$PY" - "$OUT" "$REPEAT" <<'PY'
+  "$PY" - "$OUT" "$REPEAT" "$tag" "$peers" <<'PY'
 import json, statistics, sys
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, tag, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
 def get(kind, r):
-    d = json.load(open(f"{out}/decode-{kind}-{r}.json"))
+    d = json.load(open(f"{out}/decode-{tag}-{kind}-{r}.json"))
     if kind == "cord":
-        return d["results"]["cases"][0]["decode_tokens_per_s"]["mean"]
-    return d["cases"][0]["decode_tok_s"]["median"]
-rows = {k: [get(k, r) for r in range(1, n + 1)] for k in ("cord", "llama", "hf")}
-print("single-sequence decode, tokens/s (median, min-max over", n, "interleaved runs)")
-for k, v in rows.items():
-    print(f"  {k:6s} {statistics.median(v):7.1f}  ({min(v):.1f}-{max(v):.1f})")
-for k in ("llama", "hf"):
-    ratios = [c / p for c, p in zip(rows["cord"], rows[k])]
-    print(f"  cord/{k}: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
-json.dump(rows, open(f"{out}/decode-summary.json", "w"), indent=1)
+        c = d["results"]["cases"][0]
+        return c["prefill_tokens_per_s"]["mean"], c["decode_tokens_per_s"]["mean"]
+    c = d["cases"][0]
+    return c["prefill_tok_s"]["median"], c["decode_tok_s"]["median"]
+kinds = ["cord"] + peers
+runs = {k: [get(k, r) for r in range(1, n + 1)] for k in kinds}
+summary = {}
+for i, what in ((1, "decode"), (0, "prefill")):
+    print(f"{tag}: single-sequence {what}, tokens/s (median, min-max over {n} interleaved runs)")
+    rows = {k: [v[i] for v in runs[k]] for k in kinds}
+    for k, v in rows.items():
+        print(f"  {k:6s} {statistics.median(v):7.1f}  ({min(v):.1f}-{max(v):.1f})")
+    for k in peers:
+        ratios = [c / p for c, p in zip(rows["cord"], rows[k])]
+        print(f"  cord/{k}: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+        rows[f"cord/{k}"] = ratios
+    summary[what] = rows
+json.dump(summary, open(f"{out}/decode-{tag}-summary.json", "w"), indent=1)
 PY
 }
 

@@ -436,7 +436,7 @@ impl Backend for EngineBackend {
                     params: role.params,
                     seed: r.seed,
                     max_new_tokens: r.max_new_tokens,
-                    stop: Vec::new(),
+                    stop: r.stop.clone(),
                     keep_stop: false,
                 },
             ));

@@ -644,6 +644,7 @@ fn engine_backend_contract_on_tiny_models() {
             question: question.to_string(),
             reasoning: "### Step 1. 6 * 7 = 42\n</think>".to_string(),
             prefix: String::new(),
+            stop: Vec::new(),
             max_new_tokens: 5,
             seed: 9,
         }])

@@ -125,6 +125,8 @@ pub struct AnswerRequest {
     pub reasoning: String,
     /// Start of the answer written by the orchestrator (`answer_prefix`; usually empty).
     pub prefix: String,
+    /// Stop strings (`answer_stop`): generation ends before the first one, which is not kept.
+    pub stop: Vec<String>,
     pub max_new_tokens: usize,
     pub seed: u64,
 }

@@ -145,6 +145,12 @@ pub struct SearchConfig {
     /// `"The final answer is "` (the scoring template's wording) makes them state it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub answer_prefix: String,
+    /// Stop strings of the final answer (default none: the answering teacher writes until its
+    /// end of turn or `answer_budget`, O-18). A non-reasoning teacher started with
+    /// `answer_prefix` may state the answer and run on into a new `### Step`; `["### Step"]`
+    /// ends the answer there. The stop string is not kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answer_stop: Vec<String>,
     /// End a trajectory when a step states the final answer ("the final answer is ..." or a
     /// `\boxed{}`): the step is cut after that line and the reasoning is closed there, instead
     /// of the search asking for more steps up to `max_steps`.
@@ -193,6 +199,7 @@ impl Default for SearchConfig {
             save_tree: false,
             record_timing: true,
             answer_prefix: String::new(),
+            answer_stop: Vec::new(),
             end_on_answer: true,
             close_candidate: true,
             close_min_score: 0.5,

@@ -11,7 +11,8 @@
 //!     an empty proposal is asked for once more                   Resample   (O-11)
 //!     candidates = usable proposals, identical texts merged,     Candidates (O-10)
 //!                  junk rejected by the filter
-//!     if none: every beam dropped -> Failed (none finished) or Answer
+//!     if none: every live beam closed (ForceAll, filter.close_stalled), or, with no step
+//!              to close or close_stalled off, dropped -> Failed (none finished) or Answer
 //!     score each candidate with the scorer(s)                    Scoring    (O-14)
 //!     live = top B - |finished| candidates; finished += done ones   (O-8, O-12)
 //!     if live is empty: break; if t = max_steps: ForceAll (close every live beam, score)
@@ -629,8 +630,21 @@ impl Search for CordSearch {
                     return Ok(Need::Propose(reqs));
                 }
                 State::Candidates { slots } => {
+                    let counted = self.run.stats.beams_dropped;
                     let dropped = self.dropped_beams(&slots);
                     let cands = self.candidates(slots);
+                    let has_steps = self.live.iter().any(|b| !b.steps.is_empty());
+                    if cands.is_empty()
+                        && self.s.filter.enabled
+                        && self.s.filter.close_stalled
+                        && has_steps
+                    {
+                        // Closed, not dropped (`filter.close_stalled`).
+                        self.run.stats.beams_dropped = counted;
+                        tracing::debug!(id = %self.p.id, step = self.t, "{dropped}; closing the live beams");
+                        self.state = State::ForceAll { reason: "stalled" };
+                        continue;
+                    }
                     if cands.is_empty() && self.s.filter.enabled {
                         self.live.clear();
                         if self.finished.is_empty() {

@@ -62,6 +62,13 @@ pub struct FilterConfig {
     /// independent, the" or a formula stopped before its `\]`. A cap cut at a paragraph break
     /// keeps whole paragraphs and is not rejected.
     pub reject_cut: bool,
+    /// When every candidate of every live beam is rejected, also after the resample, the live
+    /// beams are closed as they stand (finish `stalled`, a forced close like the think budget's)
+    /// instead of being dropped: their steps all passed the filter, and a teacher that starts
+    /// to loop after five sound steps should not cost the problem its trajectory. They compete
+    /// with the finished trajectories by score and are answered as usual. A problem whose
+    /// first step is all junk has nothing to close and is recorded as failed.
+    pub close_stalled: bool,
 }
 
 impl Default for FilterConfig {
@@ -80,6 +87,7 @@ impl Default for FilterConfig {
             check_arithmetic: true,
             reject_unfinished_math: true,
             reject_cut: true,
+            close_stalled: true,
         }
     }
 }

@@ -228,7 +228,7 @@ pub struct StepRecord {
     pub tokens: usize,
     /// Candidates that competed at this step (after merging duplicates).
     pub candidates: usize,
-    /// How the step ended: step, think, eos, step-cap, step-cap-mid (the cap cut mid-paragraph), budget, max-steps, no-candidates, rollout...
+    /// How the step ended: step, think, eos, step-cap, step-cap-mid (the cap cut mid-paragraph), budget, max-steps, no-candidates, stalled (every candidate rejected: closed as it stood), rollout...
     pub finish: String,
     /// Other teachers that proposed the identical text (O-10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -115,6 +115,7 @@ pub struct Settings {
     pub save_tree: bool,
     pub record_timing: bool,
     pub answer_prefix: String,
+    pub answer_stop: Vec<String>,
     pub problems_in_flight: usize,
     pub teacher_names: Vec<String>,
     pub scorer_names: Vec<String>,
@@ -163,6 +164,7 @@ impl Settings {
             save_tree: s.save_tree,
             record_timing: s.record_timing,
             answer_prefix: s.answer_prefix.clone(),
+            answer_stop: s.answer_stop.clone(),
             problems_in_flight: s.problems_in_flight,
             teacher_names: pool.teachers.iter().map(|t| t.name.clone()).collect(),
             scorer_names: scorers.iter().map(|x| x.name.clone()).collect(),
@@ -575,6 +577,7 @@ pub(crate) fn answer_request(s: &Settings, p: &Problem, o: &Outcome) -> AnswerRe
         question: p.question.clone(),
         reasoning: closed(&o.reasoning),
         prefix: s.answer_prefix.clone(),
+        stop: s.answer_stop.clone(),
         max_new_tokens: s.answer_budget,
         seed: crate::seed::request_seed(&p.id, crate::seed::Purpose::Answer, &[], s.seed),
     }

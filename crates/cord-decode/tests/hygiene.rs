@@ -183,27 +183,53 @@ fn a_problem_whose_every_beam_is_dropped_is_recorded_as_failed() {
 }
 
 #[test]
-fn a_dropped_beam_leaves_the_finished_ones_to_answer() {
-    // Width 2: t0's step 1 finishes, t1's beam goes on and is then dropped.
-    let pool = pool(2, "beam_width = 2");
+fn a_stalled_beam_is_closed_or_dropped_and_the_finished_ones_answer() {
+    // Width 2: t0's step 1 finishes, t1's beam goes on; every candidate of its step 2 is
+    // rejected (a repeat, non-text), also after the resample.
+    let script = |b: &mut cord_decode::scripted::ScriptedBackend| {
+        b.propose(0, H1, " 3 + 4 = 7", think())
+            .propose(1, H1, " Add them.", step());
+        b.score("### Step 1. 3 + 4 = 7", 0.4)
+            .score("### Step 1. Add them.", 0.5);
+        let p2 = "### Step 1. Add them.\n\n### Step 2.";
+        b.propose(0, p2, " Add them.", step());
+        b.propose(1, p2, "####", step());
+        b.answer(
+            0,
+            "### Step 1. 3 + 4 = 7</think>",
+            "\\boxed{7}",
+            Finish::Eos,
+        );
+        b.answer(
+            1,
+            "### Step 1. Add them.\n</think>",
+            "\\boxed{7}",
+            Finish::Eos,
+        );
+    };
+    // close_stalled (default): t1's beam is closed as it stood (scored closed: 0.5 beats the
+    // finished 0.4) and answered by its own teacher.
     let mut b = backend(2);
-    b.propose(0, H1, " 3 + 4 = 7", think())
-        .propose(1, H1, " Add them.", step());
-    b.score("### Step 1. 3 + 4 = 7", 0.4)
-        .score("### Step 1. Add them.", 0.5);
-    let p2 = "### Step 1. Add them.\n\n### Step 2.";
-    b.propose(0, p2, " Add them.", step());
-    b.propose(1, p2, "####", step());
-    b.answer(
-        0,
-        "### Step 1. 3 + 4 = 7</think>",
-        "\\boxed{7}",
-        Finish::Eos,
-    );
-    let rec = drive(&pool, problem("p", "7"), &mut b);
+    script(&mut b);
+    let rec = drive(&pool(2, "beam_width = 2"), problem("p", "7"), &mut b);
+    assert_eq!(b.propose_calls().len(), 3);
+    assert!(rec.failed.is_none() && rec.correct);
+    assert_eq!(rec.steps.len(), 2);
+    assert_eq!(rec.steps[0].text, "### Step 1. Add them.\n\n");
+    assert_eq!(rec.steps[1].finish, "stalled");
+    assert!(rec.forced_close && !rec.natural_end);
+    assert_eq!(rec.answer_teacher, "t1");
+    assert_eq!(rec.stats.beams_dropped, 0);
+    // Off: the beam is dropped and the finished trajectory answers.
+    let mut off = pool(2, "beam_width = 2");
+    off.filter.close_stalled = false;
+    let mut b = backend(2);
+    script(&mut b);
+    let rec = drive(&off, problem("p", "7"), &mut b);
     assert_eq!(b.propose_calls().len(), 3);
     assert!(rec.failed.is_none() && rec.correct);
     assert_eq!(rec.steps.len(), 1);
+    assert_eq!(rec.answer_teacher, "t0");
     assert_eq!(rec.stats.beams_dropped, 1);
 }
 

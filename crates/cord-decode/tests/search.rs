@@ -686,6 +686,37 @@ fn answer_prefix_is_prefilled_and_part_of_the_final_answer() {
 }
 
 #[test]
+fn answer_stop_strings_reach_the_answer_request() {
+    // `answer_stop` is passed to the answering teacher (the backend ends the answer before
+    // the first stop string); without it the answer has no stop strings (O-18).
+    for (extra, want) in [
+        (
+            "\nanswer_stop = [\"### Step\"]",
+            vec!["### Step".to_string()],
+        ),
+        ("", vec![]),
+    ] {
+        let pool = pool(
+            3,
+            &format!("method = \"greedy\"\nanswer_prefix = \"The final answer is \"{extra}"),
+        );
+        let want2 = want.clone();
+        let mut b = backend(3)
+            .with_propose_fn(|_| Some(Proposal::new(" 6 * 7 = 42.", Finish::Eos, 5)))
+            .with_score_fn(|_| Some(0.5))
+            .with_answer_fn(move |r| {
+                assert_eq!(r.stop, want2);
+                Some(Proposal::new("42.", Finish::Stop("### Step".into()), 2))
+            });
+        let rec = drive(&pool, problem("p", "42"), &mut b);
+        assert_eq!(b.answer_requests().len(), 1);
+        assert_eq!(rec.final_answer, "The final answer is 42.");
+        assert!(!rec.answer_truncated);
+        assert!(rec.correct);
+    }
+}
+
+#[test]
 fn a_beam_closes_itself_when_every_continuation_scores_lower() {
     // `close_candidate`: from step 2 on, the live beam also competes as itself closed, with
     // its own score. Step 2 (0.8) beats closing after step 1 (0.5); at step 3 closing after
