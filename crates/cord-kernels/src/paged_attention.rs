@@ -251,6 +251,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += ca[l] * cb[l];
         }
     }
+    reduce_lanes(acc) + dot_tail(&a[full..], &b[full..])
+}
+
+/// The fixed tree of [`dot`] over its 16 lanes.
+#[inline(always)]
+fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
     let mut w = LANES / 2;
     while w > 0 {
         for l in 0..w {
@@ -258,11 +264,56 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
         w /= 2;
     }
+    acc[0]
+}
+
+/// The tail of [`dot`]: the products past the last multiple of 16, summed in order.
+#[inline(always)]
+fn dot_tail(a: &[f32], b: &[f32]) -> f32 {
     let mut tail = 0f32;
-    for (x, y) in a[full..].iter().zip(&b[full..]) {
+    for (x, y) in a.iter().zip(b) {
         tail += x * y;
     }
-    acc[0] + tail
+    tail
+}
+
+/// Query heads whose dot products with one key share its loads ([`dot_heads`]), and whose
+/// weighted sums of V share each V load.
+const HEADS: usize = 4;
+/// `head_dim` values of a V row that one pass of the weighted sum keeps in registers.
+const CHUNK: usize = 64;
+
+/// [`dot`] of [`HEADS`] query rows (`q`: `[HEADS][hd]`) with one key `k`: each result is the
+/// same bits as `dot(q_h, k)`, the four computed side by side so the key is loaded once.
+#[inline(always)]
+fn dot_heads(q: &[f32], k: &[f32], hd: usize) -> [f32; HEADS] {
+    let full = hd / LANES * LANES;
+    let (q0, rest) = q.split_at(hd);
+    let (q1, rest) = rest.split_at(hd);
+    let (q2, q3) = rest.split_at(hd);
+    let (mut a0, mut a1, mut a2, mut a3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    for ((((kc, c0), c1), c2), c3) in k[..full]
+        .chunks_exact(LANES)
+        .zip(q0[..full].chunks_exact(LANES))
+        .zip(q1[..full].chunks_exact(LANES))
+        .zip(q2[..full].chunks_exact(LANES))
+        .zip(q3[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            a0[l] += c0[l] * kc[l];
+            a1[l] += c1[l] * kc[l];
+            a2[l] += c2[l] * kc[l];
+            a3[l] += c3[l] * kc[l];
+        }
+    }
+    let kt = &k[full..hd];
+    [
+        reduce_lanes(a0) + dot_tail(&q0[full..], kt),
+        reduce_lanes(a1) + dot_tail(&q1[full..], kt),
+        reduce_lanes(a2) + dot_tail(&q2[full..], kt),
+        reduce_lanes(a3) + dot_tail(&q3[full..hd], kt),
+    ]
 }
 
 /// One unit of work: query rows `r0..r1` (plan order) of sequence `s`, all query heads of KV
@@ -288,6 +339,8 @@ struct Scratch {
     acc: Vec<f32>,
     kv: Vec<f32>,
     sums: Vec<f32>,
+    /// Cache slot of each of the item's keys.
+    slots: Vec<usize>,
 }
 
 /// Output pointer shared by the work items; each writes its own disjoint rows.
@@ -297,19 +350,59 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Instruction-set tier of the CPU loop. Every tier runs the same Rust code (no FMA
+/// contraction, the same operations in the same order), compiled for wider registers, so
+/// they return the same bits; `tiers_agree_bit_for_bit` checks it on the machine at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Tier {
+    /// The widest tier this CPU has.
+    fn detect() -> Tier {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Tier::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                return Tier::Avx2;
+            }
+        }
+        Tier::Scalar
+    }
+
+    #[cfg(test)]
+    fn available(self) -> bool {
+        match self {
+            Tier::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
 /// The CPU implementation. Every query row (token, head) is computed on its own, in one fixed
 /// order that depends only on its query, its sequence's K/V and its position: scores `q . k`
 /// per visible key (see [`dot`]), scaled and soft-capped, their max, `exp(score - max)` summed
 /// in key order, the weighted sum of V rows in key order, divided by the sum; f32 throughout.
 /// So a row's output is bit-identical whatever else is in the call and however the work is
 /// split. The work is split into items of (sequence, KV head, a few query rows) that walk the
-/// keys block by block once for all the query heads of that KV head (GQA) and all their rows.
+/// keys once for all the query heads of that KV head (GQA) and all their rows.
 fn attend_cpu<T: Elem>(
     q: &[T],
     k: &[T],
     v: &[T],
     plan: &AttentionPlan,
     p: &AttentionParams,
+    tier: Tier,
 ) -> Vec<f32> {
     let (nh, nkv) = (p.num_heads, p.num_kv_heads);
     let groups = nh / nkv;
@@ -336,7 +429,7 @@ fn attend_cpu<T: Elem>(
     let mut out = vec![0f32; plan.n_tokens * nh * p.head_dim];
     let ptr = OutPtr(out.as_mut_ptr());
     let run = |scratch: &mut Scratch, it: &Item| {
-        let o = attend_item(q, k, v, plan, p, *it, scratch);
+        let o = attend_item(q, k, v, plan, p, *it, scratch, tier);
         let width = groups * p.head_dim;
         for (r, rows) in (it.r0..it.r1).zip(o.chunks_exact(width)) {
             let at = (r * nh + it.kvh * groups) * p.head_dim;
@@ -353,8 +446,10 @@ fn attend_cpu<T: Elem>(
     out
 }
 
-/// [`attend_item_impl`] compiled for AVX2 where the CPU has it: the same operations in the same
-/// order (no FMA contraction), so the results are the same bits, only wider registers.
+/// [`attend_item_impl`] compiled for the tier. The hot loops are plain loops of that
+/// function (no closures: a closure is compiled on its own, without the caller's target
+/// features).
+#[allow(clippy::too_many_arguments)]
 fn attend_item<'s, T: Elem>(
     q: &[T],
     k: &[T],
@@ -363,6 +458,7 @@ fn attend_item<'s, T: Elem>(
     p: &AttentionParams,
     it: Item,
     scratch: &'s mut Scratch,
+    tier: Tier,
 ) -> &'s [f32] {
     #[cfg(target_arch = "x86_64")]
     {
@@ -378,54 +474,36 @@ fn attend_item<'s, T: Elem>(
         ) -> &'s [f32] {
             attend_item_impl(q, k, v, plan, p, it, scratch)
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(q, k, v, plan, p, it, scratch) };
+        #[target_feature(enable = "avx512f")]
+        fn avx512<'s, T: Elem>(
+            q: &[T],
+            k: &[T],
+            v: &[T],
+            plan: &AttentionPlan,
+            p: &AttentionParams,
+            it: Item,
+            scratch: &'s mut Scratch,
+        ) -> &'s [f32] {
+            attend_item_impl(q, k, v, plan, p, it, scratch)
+        }
+        match tier {
+            // SAFETY: `attend_cpu`'s callers pass a tier the CPU has (`Tier::available`).
+            Tier::Avx512 => return unsafe { avx512(q, k, v, plan, p, it, scratch) },
+            // SAFETY: as above.
+            Tier::Avx2 => return unsafe { avx2(q, k, v, plan, p, it, scratch) },
+            Tier::Scalar => {}
         }
     }
+    let _ = tier;
     attend_item_impl(q, k, v, plan, p, it, scratch)
 }
 
-/// Keys `lo..=hi` of a sequence, block by block: `f(key, cache slot)` in key order.
-#[inline(always)]
-fn for_keys(table: &[u32], bs: usize, lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) {
-    let mut j = lo;
-    while j <= hi {
-        let b = j / bs;
-        let end = (b * bs + bs - 1).min(hi);
-        let base = table[b] as usize * bs;
-        for jj in j..=end {
-            f(jj, base + (jj - b * bs));
-        }
-        j = end + 1;
-    }
-}
-
-/// [`for_keys`] over an item's keys, with the item's rows (relative, `0..n_rows`) that see each
-/// key: a contiguous range, since both ends of a row's window (`lo`, `pos`) grow with the row.
-#[inline(always)]
-fn for_visible_keys(
-    table: &[u32],
-    bs: usize,
-    (lo_min, pos_max): (usize, usize),
-    n_rows: usize,
-    lo: impl Fn(usize) -> usize,
-    pos: impl Fn(usize) -> usize,
-    mut f: impl FnMut(usize, usize, std::ops::Range<usize>),
-) {
-    let (mut first, mut last) = (0, 0);
-    for_keys(table, bs, lo_min, pos_max, |j, slot| {
-        while pos(first) < j {
-            first += 1;
-        }
-        while last < n_rows && lo(last) <= j {
-            last += 1;
-        }
-        f(j, slot, first..last)
-    });
-}
-
 /// One work item: returns the outputs of its rows, `[r1 - r0][groups][head_dim]`.
+///
+/// Each row sees keys `lo(r)..=pos(r)`; the item walks the union `lo_min..=pos_max` once.
+/// A row's scores outside its own range are computed and then ignored, and their softmax
+/// weights are exactly 0, so they add `0 · v = 0` to the weighted sum: the row's result is
+/// the same bits as over its own keys alone.
 #[inline(always)]
 fn attend_item_impl<'s, T: Elem>(
     q: &[T],
@@ -441,17 +519,14 @@ fn attend_item_impl<'s, T: Elem>(
     let buf = &plan.host;
     let (meta, tables) = buf[plan.n_tokens..].split_at(3 * plan.n_seqs);
     let s = it.s;
-    let (q_start, q_len, ctx) = (
-        meta[3 * s] as usize,
-        meta[3 * s + 1] as usize,
-        meta[3 * s + 2] as usize,
-    );
+    let (q_len, ctx) = (meta[3 * s + 1] as usize, meta[3 * s + 2] as usize);
+    let q_start = meta[3 * s] as usize;
     let table = &tables[s * plan.max_blocks..(s + 1) * plan.max_blocks];
     let n_rows = it.r1 - it.r0;
-    // Visible keys of row r: lo(r)..=pos(r); both grow with r.
-    let pos = |r: usize| ctx - q_len + (r - q_start);
+    // Visible keys of row r (relative to the item): lo(r)..=pos(r); both grow with r.
+    let pos = |r: usize| ctx - q_len + (it.r0 + r - q_start);
     let lo = |r: usize| p.window.map_or(0, |w| (pos(r) + 1).saturating_sub(w));
-    let (lo_min, pos_max) = (lo(it.r0), pos(it.r1 - 1));
+    let (lo_min, pos_max) = (lo(0), pos(n_rows - 1));
     let stride = pos_max + 1 - lo_min;
     let heads = n_rows * groups;
 
@@ -461,6 +536,7 @@ fn attend_item_impl<'s, T: Elem>(
         acc,
         kv,
         sums,
+        slots,
     } = scratch;
     qbuf.resize(heads * hd, 0.0);
     for (r, dst) in (it.r0..it.r1).zip(qbuf.chunks_exact_mut(groups * hd)) {
@@ -469,81 +545,154 @@ fn attend_item_impl<'s, T: Elem>(
             *d = x.to_f32();
         }
     }
+    // Where each key's K/V row starts (element offset), in key order.
+    slots.clear();
+    for j in lo_min..=pos_max {
+        let slot = table[j / bs] as usize * bs + j % bs;
+        slots.push((slot * nkv + it.kvh) * hd);
+    }
     scores.resize(heads * stride, 0.0);
     kv.resize(hd, 0.0);
-    let (lo_r, pos_r) = (|r: usize| lo(it.r0 + r), |r: usize| pos(it.r0 + r));
 
-    // Scores.
-    for_visible_keys(
-        table,
-        bs,
-        (lo_min, pos_max),
-        n_rows,
-        lo_r,
-        pos_r,
-        |j, slot, rows| {
-            let at = (slot * nkv + it.kvh) * hd;
-            let kr = widen(&k[at..at + hd], kv);
-            for r in rows {
-                for g in 0..groups {
-                    let h = r * groups + g;
-                    let mut x = dot(&qbuf[h * hd..(h + 1) * hd], kr) * p.scale;
-                    if let Some(c) = p.softcap {
-                        x = (x / c).tanh() * c;
-                    }
-                    scores[h * stride + j - lo_min] = x;
-                }
+    // Scores of every head against every key of the walk.
+    for (jj, &at) in slots.iter().enumerate() {
+        let kr = widen(&k[at..at + hd], kv);
+        let mut h = 0;
+        while h + HEADS <= heads {
+            let d = dot_heads(&qbuf[h * hd..(h + HEADS) * hd], kr, hd);
+            for (i, &x) in d.iter().enumerate() {
+                scores[(h + i) * stride + jj] = shape_score(x, p);
             }
-        },
-    );
-
-    // Softmax weights (unnormalised) and their sums, per query head and row.
-    sums.resize(heads, 0.0);
-    for r in 0..n_rows {
-        let (a, b) = (lo(it.r0 + r) - lo_min, pos(it.r0 + r) - lo_min);
-        for g in 0..groups {
-            let h = r * groups + g;
-            let row = &mut scores[h * stride + a..=h * stride + b];
-            let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - mx).exp();
-                sum += *x;
-            }
-            sums[h] = sum;
+            h += HEADS;
+        }
+        while h < heads {
+            let x = dot(&qbuf[h * hd..(h + 1) * hd], kr);
+            scores[h * stride + jj] = shape_score(x, p);
+            h += 1;
         }
     }
 
-    // Weighted sum of V.
+    // Softmax weights (unnormalised) and their sums, per query head and row; 0 outside the
+    // row's own keys.
+    sums.resize(heads, 0.0);
+    for r in 0..n_rows {
+        let (a, b) = (lo(r) - lo_min, pos(r) - lo_min);
+        for g in 0..groups {
+            let h = r * groups + g;
+            let row = &mut scores[h * stride..(h + 1) * stride];
+            sums[h] = softmax_weights(&mut row[a..=b]);
+            row[..a].fill(0.0);
+            row[b + 1..].fill(0.0);
+        }
+    }
+
+    // Weighted sum of V, in key order, for HEADS heads and CHUNK values of head_dim at a time.
     acc.clear();
     acc.resize(heads * hd, 0.0);
-    for_visible_keys(
-        table,
-        bs,
-        (lo_min, pos_max),
-        n_rows,
-        lo_r,
-        pos_r,
-        |j, slot, rows| {
-            let at = (slot * nkv + it.kvh) * hd;
-            let vr = widen(&v[at..at + hd], kv);
-            for r in rows {
-                for g in 0..groups {
-                    let h = r * groups + g;
-                    let w = scores[h * stride + j - lo_min];
-                    for (a, &b) in acc[h * hd..(h + 1) * hd].iter_mut().zip(vr) {
-                        *a += w * b;
+    let mut h = 0;
+    while h < heads {
+        let hn = HEADS.min(heads - h);
+        let mut c = 0;
+        while c < hd {
+            let cw = CHUNK.min(hd - c);
+            let mut a = [[0f32; CHUNK]; HEADS];
+            let mut w: [&[f32]; HEADS] = [&[]; HEADS];
+            for (i, wi) in w.iter_mut().enumerate() {
+                *wi = &scores[(h + i.min(hn - 1)) * stride..][..stride];
+            }
+            if cw == CHUNK {
+                // Fewer than HEADS heads left: the last one is repeated and its copies dropped.
+                // Four named accumulators (not an array) so that they stay in registers.
+                let [mut a0, mut a1, mut a2, mut a3] = a;
+                let [w0, w1, w2, w3] = w;
+                for ((((&at, &x0), &x1), &x2), &x3) in slots
+                    .iter()
+                    .zip(&w0[..slots.len()])
+                    .zip(&w1[..slots.len()])
+                    .zip(&w2[..slots.len()])
+                    .zip(&w3[..slots.len()])
+                {
+                    let vr = widen(&v[at + c..at + c + CHUNK], &mut kv[..CHUNK]);
+                    let vr: &[f32; CHUNK] = vr.try_into().expect("a full chunk");
+                    for l in 0..CHUNK {
+                        a0[l] += x0 * vr[l];
+                        a1[l] += x1 * vr[l];
+                        a2[l] += x2 * vr[l];
+                        a3[l] += x3 * vr[l];
+                    }
+                }
+                a = [a0, a1, a2, a3];
+            } else {
+                for (jj, &at) in slots.iter().enumerate() {
+                    let vr = widen(&v[at + c..at + c + cw], &mut kv[..cw]);
+                    for (ai, wi) in a[..hn].iter_mut().zip(w) {
+                        let x = wi[jj];
+                        for (o, &y) in ai[..cw].iter_mut().zip(vr) {
+                            *o += x * y;
+                        }
                     }
                 }
             }
-        },
-    );
+            for (i, ai) in a[..hn].iter().enumerate() {
+                acc[(h + i) * hd + c..][..cw].copy_from_slice(&ai[..cw]);
+            }
+            c += cw;
+        }
+        h += hn;
+    }
     for (o, &sum) in acc.chunks_exact_mut(hd).zip(sums.iter()) {
         for a in o.iter_mut() {
             *a /= sum;
         }
     }
     acc
+}
+
+/// `x ← exp(x - max x)` over a row's scores; returns the sum of the new values. The max and
+/// the sum run in 16 lanes in one fixed order that depends only on the row (lane `l` takes
+/// elements `l, l + 16, ...`, the lanes are then added in [`reduce_lanes`]' tree); `exp` is
+/// the C library's.
+#[inline(always)]
+fn softmax_weights(row: &mut [f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    for (l, &x) in chunks.remainder().iter().enumerate() {
+        m[l] = m[l].max(x);
+    }
+    let mut mx = f32::NEG_INFINITY;
+    for x in m {
+        mx = mx.max(x);
+    }
+    let mut sum = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let e = (c[l] - mx).exp();
+            c[l] = e;
+            sum[l] += e;
+        }
+    }
+    for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
+        let e = (*x - mx).exp();
+        *x = e;
+        sum[l] += e;
+    }
+    reduce_lanes(sum)
+}
+
+/// A raw `q . k` scaled and soft-capped.
+#[inline(always)]
+fn shape_score(x: f32, p: &AttentionParams) -> f32 {
+    let x = x * p.scale;
+    match p.softcap {
+        Some(c) => (x / c).tanh() * c,
+        None => x,
+    }
 }
 
 fn slice<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -578,6 +727,7 @@ impl CustomOp3 for PagedAttention {
                     slice($v, l3, "v")?,
                     plan,
                     p,
+                    Tier::detect(),
                 )
             };
         }
@@ -754,7 +904,7 @@ mod tests {
         use crate::check::noise;
         let dev = Device::Cpu;
         let (nb, bs) = (64, 4);
-        for (nh, nkv, hd) in [(8, 2, 40), (4, 4, 64), (6, 1, 16)] {
+        for (nh, nkv, hd) in [(8, 2, 40), (4, 4, 64), (6, 1, 16), (4, 2, 16), (14, 2, 64)] {
             for (softcap, window) in [(None, None), (Some(5.0), None), (None, Some(7))] {
                 let mut p = params(nh, nkv, hd);
                 p.softcap = softcap;
@@ -836,6 +986,53 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every CPU tier this machine has returns the same bits as the scalar code, on head
+    /// layouts that take the 4-head / 64-value fast paths and ones that take the tails.
+    #[test]
+    fn tiers_agree_bit_for_bit() -> Result<()> {
+        let tiers: Vec<Tier> = [Tier::Avx2, Tier::Avx512]
+            .into_iter()
+            .filter(|t| t.available())
+            .collect();
+        if tiers.is_empty() {
+            eprintln!("only the scalar tier on this CPU; nothing to compare");
+        }
+        let mut n = 0;
+        for (nh, nkv, hd) in [(14, 2, 64), (8, 2, 40), (6, 3, 128), (5, 1, 72)] {
+            for (softcap, window) in [(None, None), (Some(5.0), None), (None, Some(9))] {
+                let mut p = params(nh, nkv, hd);
+                p.scale = 3.0 / (hd as f32).sqrt();
+                p.softcap = softcap;
+                p.window = window;
+                n += 1;
+                let c = case(p, 16, &[(1, 70), (12, 40), (3, 3)], n);
+                let plan = c.plan(&Device::Cpu)?;
+                let want = attend_cpu(&c.q, &c.k, &c.v, &plan, &p, Tier::Scalar);
+                for &tier in &tiers {
+                    let got = attend_cpu(&c.q, &c.k, &c.v, &plan, &p, tier);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same && got.len() == want.len(), "{tier:?} {p:?}");
+                }
+                let q16: Vec<half::bf16> = c.q.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                let k16: Vec<half::bf16> = c.k.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                let v16: Vec<half::bf16> = c.v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                let want = attend_cpu(&q16, &k16, &v16, &plan, &p, Tier::Scalar);
+                for &tier in &tiers {
+                    let got = attend_cpu(&q16, &k16, &v16, &plan, &p, tier);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "bf16 {tier:?} {p:?}");
                 }
             }
         }

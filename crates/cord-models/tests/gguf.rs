@@ -267,7 +267,14 @@ fn check_gguf(config: Value, tied: bool) {
         );
     }
 
-    // cord's own CPU GEMM (the default) is as close to the f32 model as candle's kernel.
+    // cord's own CPU GEMM (the default) is as close to the f32 model as candle's kernel: both
+    // quantize weights and activations to 8 bits. Compared as root-mean-square errors over
+    // every position and vocabulary entry, not the largest one: a single logit moves by a
+    // quantization step whenever an activation upstream crosses a rounding boundary (a change
+    // in the last bits of attention moves the largest error of this model by ~1e-2, 10 % of
+    // it), while the mean over all 9 × vocabulary logits is stable. cord keeps the activation
+    // scales in f32 where candle rounds them to f16, so it must not be worse beyond sampling
+    // noise (25 %); per position (fewer values, noisier) within twice candle's.
     let lmc = load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let mut kvc = kv_for(&lmc.model, 32, 4);
     let sc = kvc.new_sequence();
@@ -276,13 +283,32 @@ fn check_gguf(config: Value, tied: bool) {
             .forward(&[SeqInput::new(sc, &prompt, LogitsMode::All)], &mut kvc)
             .unwrap(),
     );
+    let sq = |a: &[f32], b: &[f32]| -> (f64, usize) {
+        let s = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        (s, a.len())
+    };
+    let rms = |v: &[(f64, usize)]| {
+        let (s, n) = v.iter().fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
+        (s / n as f64).sqrt()
+    };
+    let (mut ec, mut eq) = (vec![], vec![]);
     for p in 0..prompt.len() {
-        let d = max_abs_diff(&cout[p], &dout[p]);
+        let (c, q) = (sq(&cout[p], &dout[p]), sq(&out[p], &dout[p]));
         assert!(
-            d < 0.05 * scale,
-            "{arch} gguf (cord GEMM) vs f32 position {p}: diff {d} (scale {scale})"
+            rms(&[c]) <= 2.0 * rms(&[q]),
+            "{arch} position {p}: rms error of cord's GEMM {} vs candle's {}",
+            rms(&[c]),
+            rms(&[q])
         );
+        ec.push(c);
+        eq.push(q);
     }
+    let (c, q) = (rms(&ec), rms(&eq));
+    assert!(
+        c <= 1.25 * q,
+        "{arch}: rms error against the f32 model, cord's GEMM {c} vs candle's {q}"
+    );
+    eprintln!("{arch}: rms error against the f32 model, cord's GEMM {c:.5}, candle's {q:.5}");
 
     // Dequantized at load: same model in f32 matmuls, close to the quantized run.
     let opts = LoadOptions {
