@@ -424,7 +424,10 @@ pub enum StepOutcome {
 /// Turns a step proposal into a step body (O-1, O-4, O-19, O-25), to be appended after the
 /// prefilled header; `budget_limited` says that `max_new_tokens` was the think budget's room, not the cap.
 pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
-    let text = p.text.as_str();
+    let text = match &p.finish {
+        Finish::Stop(s) => cut_heading(&p.text, s),
+        _ => p.text.as_str(),
+    };
     if text.trim().is_empty() {
         return StepOutcome::Blank;
     }
@@ -712,9 +715,32 @@ pub(crate) fn build_record(
 
 /// The answer section of a record: the answer prefix and the answering teacher's text.
 fn final_answer(s: &Settings, answer: &Proposal) -> String {
-    format!("{}{}", s.answer_prefix, answer.text)
+    format!("{}{}", s.answer_prefix, answer_text(answer))
         .trim()
         .to_string()
+}
+
+/// The answering teacher's text, without a heading cut by the stop string ([`cut_heading`]).
+fn answer_text(answer: &Proposal) -> &str {
+    match &answer.finish {
+        Finish::Stop(stop) => cut_heading(&answer.text, stop),
+        _ => answer.text.as_str(),
+    }
+}
+
+/// A text that ends before a markdown-heading stop string (`### Step`), without the `#`s the
+/// cut left of a deeper heading: `### Step` also matches inside `#### Step`, and the text would
+/// end in a lone `#`. Only a run of `#` alone on the last line is removed.
+fn cut_heading<'a>(text: &'a str, stop: &str) -> &'a str {
+    if !stop.starts_with('#') {
+        return text;
+    }
+    let t = text.trim_end_matches('#');
+    if t.len() < text.len() && (t.is_empty() || t.ends_with('\n')) {
+        t
+    } else {
+        text
+    }
 }
 
 /// The answer extracted from an answer section and its verdict against the known answer.
@@ -805,6 +831,25 @@ mod tests {
             } => (body, done, forced, reason),
             StepOutcome::Blank => panic!("blank"),
         }
+    }
+
+    #[test]
+    fn a_cut_deeper_heading_leaves_no_hash() {
+        let stop = || Finish::Stop("### Step".into());
+        assert_eq!(
+            body(finish_step(&p(" a = 2\n#", stop()), false)),
+            (" a = 2\n\n".into(), false, false, "step")
+        );
+        // A `#` inside the line is content, and other stop strings cut nothing.
+        assert_eq!(cut_heading("x = 2 #", "### Step"), "x = 2 #");
+        assert_eq!(cut_heading("x\n##", "### Step"), "x\n");
+        assert_eq!(cut_heading("x\n#", "\n\n"), "x\n#");
+        assert!(matches!(
+            finish_step(&p("#", stop()), false),
+            StepOutcome::Blank
+        ));
+        assert_eq!(answer_text(&p(" 35 %.\n#", stop())), " 35 %.\n");
+        assert_eq!(answer_text(&p(" 35 %.\n#", Finish::Eos)), " 35 %.\n#");
     }
 
     #[test]
