@@ -34,6 +34,12 @@ impl Chunked {
         }
     }
 
+    /// Cuts the text at byte `at` (the start of a step) and closes it there, as a forced close.
+    pub fn cut(&mut self, at: usize, reason: &'static str) {
+        self.reasoning.truncate(at);
+        self.force(reason);
+    }
+
     fn force(&mut self, reason: &'static str) {
         self.reasoning = closed(&self.reasoning);
         self.done = true;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::chunked::Chunked;
 use crate::error::{Error, Result};
-use crate::hygiene::{Reject, degenerate_steps};
+use crate::hygiene::{Reject, degenerate_steps, step_offset};
 use crate::io::{Problem, Record, StepRecord, TreeEntry};
 use crate::search::{
     Need, Outcome, Reply, Run, ScoreDetail, Search, Settings, expect_len, score_context,
@@ -57,6 +57,31 @@ impl CurationSearch {
             state: State::Generate,
             run: Run::new(),
             tree: None,
+        }
+    }
+
+    /// With the filter and `close_stalled`, a `### Step` trajectory whose first degenerate step
+    /// is not its first is cut before it and closed there (counted as a rejection now; `choose`
+    /// then finds nothing wrong with it); one that starts with a degenerate step is left to
+    /// `choose`, which rejects it.
+    fn cut_before_junk(&mut self) {
+        let f = &self.s.filter;
+        if !f.enabled
+            || !f.close_stalled
+            || self.s.step_unit != crate::config::StepUnit::PromptGuided
+        {
+            return;
+        }
+        for t in &mut self.trajs {
+            let text = score_context(&t.reasoning);
+            let Some(&(i, why)) = degenerate_steps(text, true, f).first() else {
+                continue;
+            };
+            if i > 0 {
+                let at = step_offset(text, i);
+                t.cut(at, "cut-before-junk");
+                self.run.stats.reject(&self.s, t.teacher, why);
+            }
         }
     }
 
@@ -208,6 +233,7 @@ impl Search for CurationSearch {
                     self.state = State::Generating { pending };
                     return Ok(Need::Propose(reqs));
                 }
+                self.cut_before_junk();
                 let mut groups = Vec::new();
                 let mut reqs = Vec::new();
                 for t in &self.trajs {

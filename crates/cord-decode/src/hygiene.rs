@@ -67,7 +67,11 @@ pub struct FilterConfig {
     /// instead of being dropped: their steps all passed the filter, and a teacher that starts
     /// to loop after five sound steps should not cost the problem its trajectory. They compete
     /// with the finished trajectories by score and are answered as usual. A problem whose
-    /// first step is all junk has nothing to close and is recorded as failed.
+    /// first step is all junk has nothing to close and is recorded as failed. The same for
+    /// whole trajectories (curation, a teacher alone; `### Step` steps): one whose first
+    /// degenerate step is not its first step is cut before it and closed there (finish
+    /// `cut-before-junk`), then scored and compared as the shorter trajectory, instead of being
+    /// discarded for its last step; the rejection is still counted.
     pub close_stalled: bool,
 }
 
@@ -387,6 +391,15 @@ pub fn split_steps(reasoning: &str, prompt_guided: bool) -> Vec<String> {
             .collect();
     }
     steps
+}
+
+/// Where step `i` of `reasoning` starts (a byte offset), for `### Step` steps: the steps of
+/// [`split_steps`] are consecutive pieces of the text, so it is the length of the ones before.
+pub fn step_offset(reasoning: &str, i: usize) -> usize {
+    split_steps(reasoning, true)[..i]
+        .iter()
+        .map(String::len)
+        .sum()
 }
 
 /// The degenerate steps of a written reasoning text: (0-based step, reason) for every step

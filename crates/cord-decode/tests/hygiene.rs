@@ -278,7 +278,8 @@ fn pool_off_answer() -> cord_decode::PoolConfig {
 fn curation_rejects_a_junk_trajectory_and_fails_when_all_are() {
     let search =
         "method = \"curation\"\ncuration_samples = 1\nthink_budget = 100\nmax_step_tokens = 50";
-    let pool = pool(2, search);
+    // Without the cut (below), t0's trajectory is lost to its junk step 2.
+    let pool = crate::common::pool(2, &format!("{search}\n[filter]\nclose_stalled = false"));
     let mut b = backend(2);
     b.propose(
         0,
@@ -309,6 +310,41 @@ fn curation_rejects_a_junk_trajectory_and_fails_when_all_are() {
     let rec = drive(&pool, problem("p", "7"), &mut b);
     assert!(rec.failed.as_deref().unwrap().contains("t0: repeated-line"));
     assert!(b.answer_requests().is_empty());
+}
+
+/// With `close_stalled` (the default), a whole trajectory whose step 2 is junk is cut before
+/// it and competes as its sound step 1 (scored on the cut text, answered from it); the
+/// rejection is still counted. A trajectory whose first step is junk is still rejected.
+#[test]
+fn curation_cuts_a_trajectory_before_its_first_junk_step() {
+    let search =
+        "method = \"curation\"\ncuration_samples = 1\nthink_budget = 100\nmax_step_tokens = 50";
+    let pool = pool(2, search);
+    let mut b = backend(2);
+    b.propose(
+        0,
+        H1,
+        &format!(" 3 + 4 = 7\n### Step 2.{}", hashes()),
+        think(),
+    );
+    b.propose(1, H1, &hashes(), think());
+    // t0 is scored on its cut text; t1 (all junk) scores higher and is still rejected.
+    b.score("### Step 1. 3 + 4 = 7", 0.6)
+        .score(&format!("{H1}{}", hashes().trim_end()), 0.99);
+    b.answer(
+        0,
+        "### Step 1. 3 + 4 = 7\n</think>",
+        "\\boxed{7}",
+        Finish::Eos,
+    );
+    let rec = drive(&pool, problem("p", "7"), &mut b);
+    assert!(rec.failed.is_none(), "{:?}", rec.failed);
+    assert_eq!(rec.answer_teacher, "t0");
+    assert_eq!(rec.steps[0].finish, "cut-before-junk");
+    assert!(!rec.response.contains("####"));
+    assert!(rec.correct);
+    assert_eq!(rejected(&rec, "t0", "non-text"), 1);
+    assert_eq!(rejected(&rec, "t1", "non-text"), 1);
 }
 
 #[test]
