@@ -424,10 +424,7 @@ pub enum StepOutcome {
 /// Turns a step proposal into a step body (O-1, O-4, O-19, O-25), to be appended after the
 /// prefilled header; `budget_limited` says that `max_new_tokens` was the think budget's room, not the cap.
 pub fn finish_step(p: &Proposal, budget_limited: bool) -> StepOutcome {
-    let text = match &p.finish {
-        Finish::Stop(s) => cut_heading(&p.text, s),
-        _ => p.text.as_str(),
-    };
+    let text = text_before_stop(p);
     if text.trim().is_empty() {
         return StepOutcome::Blank;
     }
@@ -715,16 +712,17 @@ pub(crate) fn build_record(
 
 /// The answer section of a record: the answer prefix and the answering teacher's text.
 fn final_answer(s: &Settings, answer: &Proposal) -> String {
-    format!("{}{}", s.answer_prefix, answer_text(answer))
+    format!("{}{}", s.answer_prefix, text_before_stop(answer))
         .trim()
         .to_string()
 }
 
-/// The answering teacher's text, without a heading cut by the stop string ([`cut_heading`]).
-fn answer_text(answer: &Proposal) -> &str {
-    match &answer.finish {
-        Finish::Stop(stop) => cut_heading(&answer.text, stop),
-        _ => answer.text.as_str(),
+/// A proposal's text (a step or an answer), without a heading cut by its stop string
+/// ([`cut_heading`]).
+fn text_before_stop(p: &Proposal) -> &str {
+    match &p.finish {
+        Finish::Stop(stop) => cut_heading(&p.text, stop),
+        _ => p.text.as_str(),
     }
 }
 
@@ -848,8 +846,8 @@ mod tests {
             finish_step(&p("#", stop()), false),
             StepOutcome::Blank
         ));
-        assert_eq!(answer_text(&p(" 35 %.\n#", stop())), " 35 %.\n");
-        assert_eq!(answer_text(&p(" 35 %.\n#", Finish::Eos)), " 35 %.\n#");
+        assert_eq!(text_before_stop(&p(" 35 %.\n#", stop())), " 35 %.\n");
+        assert_eq!(text_before_stop(&p(" 35 %.\n#", Finish::Eos)), " 35 %.\n#");
     }
 
     #[test]
