@@ -4,17 +4,21 @@ use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, Module, Tensor};
-use cord_kernels::cpu::PackedQ8_0;
+use cord_kernels::cpu::{KQuantGemv, PackedQ8_0};
 
 use crate::config::{Activation, RopeScaling};
 use crate::error::Result;
 
-/// Which CPU kernel runs quantized matmuls whose weights are Q8_0 (after the load-time
-/// conversion of Q4_1 / Q5_0 / Q5_1, see [`crate::weights::WeightSource::linear`]).
+/// Which CPU kernels run quantized matmuls: cord's where it has one for the weight type and
+/// shape, or candle's `QMatMul` for all (see [`crate::weights::WeightSource::linear`]).
+///
+/// cord's are the int8 GEMM for Q8_0 weights (stored, or converted at load from Q4_1 / Q5_0 /
+/// Q5_1) and the k-quant GEMV for Q4_K / Q6_K weights at up to [`KQUANT_MAX_ROWS`] rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuGemm {
     /// cord's repacked int8 GEMM (`cord_kernels::cpu::PackedQ8_0`) wherever candle has no
-    /// repacked kernel for the shape (k not a multiple of 256, n not of 16, or no VNNI).
+    /// repacked kernel for the shape (k not a multiple of 256, n not of 16, or no VNNI), and
+    /// cord's k-quant GEMV (`cord_kernels::cpu::KQuantGemv`) for decode-sized batches.
     #[default]
     Cord,
     /// candle's `QMatMul` for every quantized weight.
@@ -37,7 +41,15 @@ enum Weight {
     Candle(QMatMul),
     /// Q8_0 weights repacked for cord's CPU int8 GEMM.
     CordQ8(Arc<PackedQ8_0>),
+    /// Q4_K / Q6_K weights: cord's GEMV up to [`KQUANT_MAX_ROWS`] rows, candle's `QMatMul`
+    /// (the same tensor) above.
+    CordK(KQuantGemv, QMatMul),
 }
+
+/// Most activation rows (tokens in one forward) that cord's k-quant GEMV takes; candle's
+/// repacked tiles run larger batches (prefill, wider decode) faster. Measured on
+/// Qwen2.5-Coder-1.5B (Zen 3, AVX2): the GEMV leads at 1 and 2 rows, candle from 4.
+pub const KQUANT_MAX_ROWS: usize = 2;
 
 /// `y = x W^T (+ b)`, where `W` is a dense tensor or a quantized GGUF tensor.
 #[derive(Debug, Clone)]
@@ -50,6 +62,15 @@ impl Linear {
     pub fn new(w: QMatMul, b: Option<Tensor>) -> Self {
         Linear {
             w: Weight::Candle(w),
+            b,
+        }
+    }
+
+    /// k-quant weights run by cord's GEMV at decode-sized batches (CPU inputs only); `w` is
+    /// the same tensor as a candle `QMatMul`, for larger batches.
+    pub fn cpu_kquant(gemv: KQuantGemv, w: QMatMul, b: Option<Tensor>) -> Self {
+        Linear {
+            w: Weight::CordK(gemv, w),
             b,
         }
     }
@@ -69,7 +90,7 @@ impl Linear {
     pub fn is_quantized(&self) -> bool {
         matches!(
             self.w,
-            Weight::Candle(QMatMul::QTensor(_)) | Weight::CordQ8(_)
+            Weight::Candle(QMatMul::QTensor(_)) | Weight::CordQ8(_) | Weight::CordK(..)
         )
     }
 
@@ -80,6 +101,16 @@ impl Linear {
                 let dt = x.dtype();
                 let xf = x.to_dtype(DType::F32)?.contiguous()?;
                 xf.apply_op1_no_bwd(p.as_ref())?.to_dtype(dt)?
+            }
+            Weight::CordK(g, w) => {
+                let dt = x.dtype();
+                let xf = x.to_dtype(DType::F32)?.contiguous()?;
+                let rows = xf.elem_count() / xf.dim(D::Minus1)?.max(1);
+                if rows <= KQUANT_MAX_ROWS {
+                    xf.apply_op1_no_bwd(g)?.to_dtype(dt)?
+                } else {
+                    w.forward(&xf)?.to_dtype(dt)?
+                }
             }
             Weight::Candle(w @ QMatMul::QTensor(_)) => {
                 let dt = x.dtype();

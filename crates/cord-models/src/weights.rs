@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use cord_kernels::cpu::{PackedQ8_0, Tier, candle_repacks_q8_0};
+use cord_kernels::cpu::{KQuantGemv, PackedQ8_0, Tier, candle_repacks_q8_0};
 
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -294,7 +294,9 @@ impl WeightSource {
     /// 4/5-bit values almost exactly. With `dequantize` the stored values are used as they are.
     /// With [`CpuGemm::Cord`], Q8_0 weights (stored or converted) whose shape candle's repacked
     /// kernel does not take are repacked for cord's int8 GEMM instead (when the CPU has a SIMD
-    /// tier for it).
+    /// tier for it), and Q4_K / Q6_K weights with `k` a multiple of 256 run cord's k-quant GEMV
+    /// at decode-sized batches (candle's kernels above [`crate::layers::KQUANT_MAX_ROWS`]
+    /// rows).
     pub fn linear(
         &self,
         prefix: &str,
@@ -328,8 +330,15 @@ impl WeightSource {
                         let packed = PackedQ8_0::from_q8_0_bytes(&qt.data()?, out, inp)?;
                         return Ok(Linear::cpu_q8_0(packed, b));
                     }
+                    let cord_k = device.is_cpu()
+                        && *cpu_gemm == CpuGemm::Cord
+                        && Tier::detect() != Tier::Scalar;
                     match QMatMul::from_qtensor(qt)? {
                         QMatMul::Tensor(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
+                        QMatMul::QTensor(q) if cord_k && KQuantGemv::new(q.clone()).is_some() => {
+                            let gemv = KQuantGemv::new(q.clone()).expect("checked");
+                            return Ok(Linear::cpu_kquant(gemv, QMatMul::QTensor(q), b));
+                        }
                         other => other,
                     }
                 }

@@ -539,3 +539,79 @@ fn gguf_errors_name_the_problem() {
     assert!(err.contains("blk.1.ffn_down.weight"), "{err}");
     assert!(err.contains("broken.gguf"), "{err}");
 }
+
+/// cord's k-quant GEMV (decode steps of Q4_K / Q6_K weights, `CpuGemm::Cord`) is as close to
+/// the same weights dequantized to f32 as candle's kernels are: both quantize the activations
+/// to 8 bits in blocks of 256. Compared as root-mean-square errors of the decode-step logits
+/// (one row per forward, the rows the GEMV takes), over 6 steps × vocabulary; the prefill (9
+/// rows) runs candle's kernels on both sides. Bound: 25 % above candle's (sampling noise, see
+/// `check_gguf`), and every step within twice candle's.
+#[test]
+fn kquant_gemv_decodes_as_close_to_f32_as_candle() {
+    let mut config = qwen2_config();
+    config["hidden_size"] = 256.into();
+    config["intermediate_size"] = 512.into();
+    for qtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = test_weights(&config, 31);
+        let path = dir.path().join("tiny.gguf");
+        write_gguf(&path, &config, &weights, qtype);
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tokenizer_json().to_string(),
+        )
+        .unwrap();
+        let decode = |opts: &LoadOptions| -> Vec<Vec<f32>> {
+            let lm = load(path.to_str().unwrap(), opts).unwrap();
+            let mut kv = kv_for(&lm.model, 32, 4);
+            let s = kv.new_sequence();
+            let prompt = tokens(5, 9);
+            lm.model
+                .forward(&[SeqInput::new(s, &prompt, LogitsMode::Last)], &mut kv)
+                .unwrap();
+            (0..6)
+                .map(|step| {
+                    let t = tokens(60 + step, 1)[0];
+                    let out = lm
+                        .model
+                        .forward(&[SeqInput::new(s, &[t], LogitsMode::Last)], &mut kv)
+                        .unwrap();
+                    rows(&out).remove(0)
+                })
+                .collect()
+        };
+        let exact = decode(&LoadOptions {
+            dequantize: true,
+            ..LoadOptions::default()
+        });
+        let cord = decode(&LoadOptions::default());
+        let candle = decode(&LoadOptions {
+            cpu_gemm: CpuGemm::Candle,
+            ..LoadOptions::default()
+        });
+        let scale = exact[0].iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.5, "logits too small: {scale}");
+        let sq = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
+        };
+        // The two kernels sum in different orders: equal bits would mean the GEMV never ran.
+        assert!(cord != candle, "{qtype:?}: cord's logits are candle's");
+        let (mut ec, mut eq) = (0.0, 0.0);
+        for ((e, c), q) in exact.iter().zip(&cord).zip(&candle) {
+            let (c, q) = (sq(c, e), sq(q, e));
+            assert!(
+                c.sqrt() <= 2.0 * q.sqrt(),
+                "{qtype:?} step: {c} vs candle's {q}"
+            );
+            ec += c;
+            eq += q;
+        }
+        let n = (exact.len() * exact[0].len()) as f64;
+        let (c, q) = ((ec / n).sqrt(), (eq / n).sqrt());
+        eprintln!("{qtype:?}: rms error against f32, cord's GEMV {c:.5}, candle's {q:.5}");
+        assert!(
+            c <= 1.25 * q,
+            "{qtype:?}: rms error cord's GEMV {c} vs candle's {q}"
+        );
+    }
+}

@@ -310,7 +310,8 @@ const MAX_MT: usize = 8;
 pub enum Tier {
     /// `vpdpbusd` on 512-bit registers (AVX-512F + BW + VNNI).
     Avx512Vnni,
-    /// `vpmaddubsw` + `vpmaddwd` with the sign trick (AVX2 + FMA).
+    /// `vpmaddubsw` + `vpmaddwd` with the sign trick (AVX2 + FMA; F16C, which every AVX2 CPU
+    /// has, for the k-quant GEMV's scales).
     Avx2,
     /// Portable Rust; the reference.
     Scalar,
@@ -330,7 +331,11 @@ impl Tier {
                     && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(target_arch = "x86_64")]
-            Tier::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Tier::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Tier::Avx512Vnni | Tier::Avx2 => false,
             Tier::Scalar => true,
