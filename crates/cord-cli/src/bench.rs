@@ -115,8 +115,9 @@ struct Target {
     /// matmuls); default: paged (row-independent results; see docs/testing.md).
     #[arg(long, value_parser = ["paged", "gather"])]
     attention: Option<String>,
-    /// CPU kernel of the Q8_0 matmuls of GGUF models: `cord` (cord's repacked int8 GEMM wherever
-    /// candle has no repacked kernel for the shape) or `candle` (candle's QMatMul everywhere).
+    /// CPU kernels of the quantized matmuls of GGUF models: `cord` (cord's repacked int8 GEMM
+    /// for Q8_0 shapes candle has no repacked kernel for, and cord's k-quant GEMV for Q4_K / Q6_K
+    /// at 1-2 rows) or `candle` (candle's QMatMul everywhere).
     #[arg(long, default_value = "cord", value_parser = ["cord", "candle"])]
     cpu_gemm: String,
 }
@@ -200,7 +201,7 @@ struct SynthArgs {
     /// KV cache memory per model, MiB.
     #[arg(long, default_value_t = DEFAULT_KV_MIB)]
     kv_mib: u64,
-    /// CPU kernel of the Q8_0 matmuls of GGUF models (see `bench decode --cpu-gemm`).
+    /// CPU kernels of the quantized matmuls of GGUF models (see `bench decode --cpu-gemm`).
     #[arg(long, default_value = "cord", value_parser = ["cord", "candle"])]
     cpu_gemm: String,
     #[command(flatten)]
