@@ -21,11 +21,11 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
+use super::SendPtr;
 use super::q8_0::Tier;
 
 /// Values per k-quant block.
@@ -387,36 +387,13 @@ impl CustomOp1 for KQuantGemv {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("k-quant gemv: input is not contiguous {layout:?}")
-        };
-        let x = match storage {
-            CpuStorage::F32(v) => &v[start..end],
-            other => bail!("k-quant gemv: f32 input expected, got {:?}", other.dtype()),
-        };
-        let mut dims = layout.shape().dims().to_vec();
-        if dims.last() != Some(&self.k) {
-            bail!(
-                "k-quant gemv: input {dims:?} does not end in k = {}",
-                self.k
-            )
-        }
-        let m = x.len() / self.k;
-        let mut dst = vec![0f32; m * self.n];
-        self.matmul(x, m, &mut dst)?;
-        *dims.last_mut().expect("checked above") = self.n;
-        Ok((CpuStorage::F32(dst), Shape::from(dims)))
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint columns (see `matmul_with`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
+        super::matmul_fwd(
+            "k-quant gemv",
+            storage,
+            layout,
+            (self.k, self.n),
+            |x, m, dst| self.matmul(x, m, dst),
+        )
     }
 }
 

@@ -22,8 +22,9 @@
 
 use std::sync::OnceLock;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
+
+use super::SendPtr;
 use rayon::prelude::*;
 
 /// Values per Q8_0 block.
@@ -206,33 +207,13 @@ impl CustomOp1 for PackedQ8_0 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("q8_0 gemm: input is not contiguous {layout:?}")
-        };
-        let x = match storage {
-            CpuStorage::F32(v) => &v[start..end],
-            other => bail!("q8_0 gemm: f32 input expected, got {:?}", other.dtype()),
-        };
-        let mut dims = layout.shape().dims().to_vec();
-        if dims.last() != Some(&self.k) {
-            bail!("q8_0 gemm: input {dims:?} does not end in k = {}", self.k)
-        }
-        let m = x.len() / self.k;
-        let mut dst = vec![0f32; m * self.n];
-        self.matmul(x, m, &mut dst)?;
-        *dims.last_mut().expect("checked above") = self.n;
-        Ok((CpuStorage::F32(dst), Shape::from(dims)))
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint column ranges (see `matmul_with`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
+        super::matmul_fwd(
+            "q8_0 gemm",
+            storage,
+            layout,
+            (self.k, self.n),
+            |x, m, dst| self.matmul(x, m, dst),
+        )
     }
 }
 
