@@ -48,7 +48,9 @@ enum Weight {
 
 /// Most activation rows (tokens in one forward) that cord's k-quant GEMV takes; candle's
 /// repacked tiles run larger batches (prefill, wider decode) faster. Measured on
-/// Qwen2.5-Coder-1.5B (Zen 3, AVX2): the GEMV leads at 1 and 2 rows, candle from 4.
+/// Qwen2.5-Coder-1.5B (Zen 3, AVX2): the GEMV leads at 1 and 2 rows, candle from 4. The two
+/// sum in different orders, so a token's logits and KV differ in the last bits between a forward
+/// of at most this many rows and a larger one (docs/testing.md, "Reproducibility").
 pub const KQUANT_MAX_ROWS: usize = 2;
 
 /// `y = x W^T (+ b)`, where `W` is a dense tensor or a quantized GGUF tensor.

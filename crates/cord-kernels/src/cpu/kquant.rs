@@ -14,10 +14,15 @@
 //!   weights once into registers and multiplies them with every activation row (`u8 × i8` pair
 //!   products, `vpmaddubsw`), weighting each sub-block by its scale as a 16-bit multiply-add.
 //!
-//! The integer part of a block is exact (i32) on every tier; the f32 part is the same scalar code
-//! on every tier, block by block in `k` order:
-//! `acc = fma(sumi, d_w · d_x, acc)` then, for Q4_K, `acc = fma(summ, -(dmin_w · d_x), acc)`.
-//! So the tiers agree bit for bit with the scalar reference, on any machine.
+//! Tiers: AVX2 (+ FMA, F16C) and the scalar reference; the AVX-512 tier runs the AVX2 code (no
+//! 512-bit build was written on a machine that could test it). The integer part of a block is
+//! exact (i32); the f32 part follows one fixed order on every tier: 8 lanes, lane `l` holding
+//! values `4l .. 4l + 4` of each run of 32, `acc[l] = fma(lane, d_x · d, acc[l])` per block (for
+//! Q4_K also 4 lanes of minimums, `fma(·, -(d_x · dmin), ·)`), folded once per output
+//! (`column_q4k_scalar` spells it out). So the tiers agree bit for bit with the scalar
+//! reference on any machine, and a row's result does not depend on the other rows. It does
+//! differ in the last bits from candle's kernels, which sum in another order: see
+//! `cord_models::layers::KQUANT_MAX_ROWS` for where each runs.
 
 use std::sync::Arc;
 
