@@ -595,6 +595,14 @@ fn kquant_gemv_decodes_as_close_to_f32_as_candle() {
             a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
         };
         // The two kernels sum in different orders: equal bits would mean the GEMV never ran.
+        // Without a SIMD tier (e.g. aarch64) the loader leaves these weights to candle.
+        if cord_kernels::cpu::Tier::detect() == cord_kernels::cpu::Tier::Scalar {
+            assert!(
+                cord == candle,
+                "{qtype:?}: no SIMD tier, yet not candle's logits"
+            );
+            continue;
+        }
         assert!(cord != candle, "{qtype:?}: cord's logits are candle's");
         let (mut ec, mut eq) = (0.0, 0.0);
         for ((e, c), q) in exact.iter().zip(&cord).zip(&candle) {
