@@ -103,11 +103,13 @@ build_stub() {
   ver="$(cudarc_version)"
   [[ -n "$ver" ]] || { log "cudarc not found in $REPO_ROOT/Cargo.lock"; exit 1; }
   reg="${CARGO_HOME:-$HOME/.cargo}/registry/src"
-  sys="$(ls -d "$reg"/*/"cudarc-$ver" 2>/dev/null | head -1)/src/driver/sys/mod.rs"
+  sys="$(find "$reg" -mindepth 2 -maxdepth 2 -type d -name "cudarc-$ver" -print -quit 2>/dev/null || true)/src/driver/sys/mod.rs"
+  # (Not `ls glob | head`: under `set -o pipefail` a missing directory ended the script here,
+  # before the fetch below, on a machine whose cargo registry had no cudarc yet.)
   if [[ ! -f "$sys" ]]; then
     log "cudarc-$ver sources not in the cargo registry; running cargo fetch"
     (cd "$REPO_ROOT" && { cargo fetch --locked >&2 || cargo fetch >&2; })
-    sys="$(ls -d "$reg"/*/"cudarc-$ver" 2>/dev/null | head -1)/src/driver/sys/mod.rs"
+    sys="$(find "$reg" -mindepth 2 -maxdepth 2 -type d -name "cudarc-$ver" -print -quit 2>/dev/null || true)/src/driver/sys/mod.rs"
   fi
   [[ -f "$sys" ]] || { log "cannot find cudarc-$ver/src/driver/sys/mod.rs under $reg"; exit 1; }
   src="$(mktemp --suffix=.c)"
