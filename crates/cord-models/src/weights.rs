@@ -335,9 +335,13 @@ impl WeightSource {
                         && Tier::detect() != Tier::Scalar;
                     match QMatMul::from_qtensor(qt)? {
                         QMatMul::Tensor(t) => QMatMul::Tensor(t.to_dtype(dtype)?),
-                        QMatMul::QTensor(q) if cord_k && KQuantGemv::new(q.clone()).is_some() => {
-                            let gemv = KQuantGemv::new(q.clone()).expect("checked");
-                            return Ok(Linear::cpu_kquant(gemv, QMatMul::QTensor(q), b));
+                        QMatMul::QTensor(q) => {
+                            match KQuantGemv::new(q.clone()).filter(|_| cord_k) {
+                                Some(gemv) => {
+                                    return Ok(Linear::cpu_kquant(gemv, QMatMul::QTensor(q), b));
+                                }
+                                None => QMatMul::QTensor(q),
+                            }
                         }
                         other => other,
                     }

@@ -30,8 +30,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
-use super::SendPtr;
 use super::q8_0::Tier;
+use super::{SendPtr, quantize_block};
 
 /// Values per k-quant block.
 pub const QK_K: usize = 256;
@@ -94,24 +94,10 @@ impl QuantizedRows {
             .zip(a.qs.chunks_exact_mut(QK_K))
             .zip(a.d.iter_mut().zip(a.bsum.chunks_exact_mut(QK_K / 16)));
         for ((xs, qs), (d, bsum)) in blocks {
-            if xs.iter().any(|v| v.is_nan()) {
-                // f32::max skips NaN: keep it in the output instead of a finite wrong value.
-                *d = f32::NAN;
-                continue;
+            *d = quantize_block(xs, qs);
+            for (s, qs) in bsum.iter_mut().zip(qs.chunks_exact(16)) {
+                *s = qs.iter().map(|&q| q as i16).sum();
             }
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let dd = amax / 127.0;
-            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-            for ((qs, xs), s) in qs.chunks_exact_mut(16).zip(xs.chunks_exact(16)).zip(bsum) {
-                let mut sum = 0i16;
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    let v = (v * id).round().clamp(-127.0, 127.0) as i8;
-                    sum += v as i16;
-                    *q = v;
-                }
-                *s = sum;
-            }
-            *d = dd;
         }
         a
     }

@@ -10,6 +10,23 @@ pub mod q8_0;
 pub use kquant::{KQuant, KQuantGemv};
 pub use q8_0::{PackedQ8_0, Tier, candle_repacks_q8_0};
 
+/// Quantizes one block of activations to int8 (ggml's Q8_0 rounding: `round(x / (amax / 127))`,
+/// clamped to ±127) and returns the scale `amax / 127`; `NaN` (and `qs` untouched) when the block
+/// holds a NaN, which `f32::max` would otherwise skip, so that it stays in the output instead of
+/// a finite wrong value.
+pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8]) -> f32 {
+    if xs.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
 /// The `cpu_fwd` of a matmul op `[.., k]` → `[.., n]`: checks that the input is contiguous f32
 /// ending in `k`, and runs `matmul(x, m, dst)` into a new `[.., n]` buffer.
 pub(crate) fn matmul_fwd(

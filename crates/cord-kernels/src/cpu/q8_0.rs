@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, bail};
 
-use super::SendPtr;
+use super::{SendPtr, quantize_block};
 use rayon::prelude::*;
 
 /// Values per Q8_0 block.
@@ -243,22 +243,8 @@ impl QuantizedRows {
             corr: vec![0; m * kb],
         };
         let quantize = |((xs, qs), (d, corr)): BlockRefs| {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            if xs.iter().any(|v| v.is_nan()) {
-                // f32::max skips NaN: keep it in the output instead of a finite wrong value.
-                *d = f32::NAN;
-                return;
-            }
-            let dd = amax / 127.0;
-            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                let v = (v * id).round().clamp(-127.0, 127.0) as i8;
-                s += v as i32;
-                *q = v;
-            }
-            *d = dd;
-            *corr = 128 * s;
+            *d = quantize_block(xs, qs);
+            *corr = 128 * qs.iter().map(|&q| q as i32).sum::<i32>();
         };
         if m * k >= 1 << 16 {
             x.par_chunks_exact(QK)
